@@ -1,0 +1,49 @@
+//! Shared helpers for the loom models in `tests/`.
+//!
+//! The models only exist under `--cfg freelane_loom`; in a normal build this crate is empty and
+//! its test files compile to nothing. Run the suite with:
+//!
+//! ```text
+//! RUSTFLAGS="--cfg freelane_loom --cfg crossbeam_loom" LOOM_MAX_PREEMPTIONS=2 \
+//!   CARGO_TARGET_DIR=target/loom cargo test -p loom-tests --release
+//! ```
+#![warn(missing_docs)]
+
+/// The preemption bound: `LOOM_MAX_PREEMPTIONS`, or 2 when unset or unparsable.
+pub fn max_preemptions() -> usize {
+    std::env::var("LOOM_MAX_PREEMPTIONS")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(2)
+}
+
+/// Explores every interleaving of `f` (up to the preemption bound) and reports how the model went.
+///
+/// `name` labels the model in the output so a failing or slow model is easy to find. A panic or
+/// a race detected in any interleaving fails the calling test.
+#[cfg(freelane_loom)]
+pub fn run_model<F>(name: &str, f: F)
+where
+    F: Fn() + Sync + Send + 'static,
+{
+    let mut builder = loom::model::Builder::new();
+    builder.preemption_bound = Some(max_preemptions());
+    let start = std::time::Instant::now();
+    eprintln!(
+        "loom model `{name}`: exploring (preemption bound {:?})",
+        builder.preemption_bound
+    );
+    builder.check(f);
+    eprintln!("loom model `{name}`: done in {:.2?}", start.elapsed());
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn preemption_bound_defaults_to_two() {
+        // Only meaningful when the variable is not set by the caller.
+        if std::env::var_os("LOOM_MAX_PREEMPTIONS").is_none() {
+            assert_eq!(super::max_preemptions(), 2);
+        }
+    }
+}
