@@ -1,5 +1,957 @@
-//! Atomic per-GPU load counters (`LoadBoard`, `GpuId`, `Policy`, `LoadGuard`) and selection policies.
+//! Atomic per-GPU load counters, GPU selection policies and RAII load guards.
 //!
-//! **Skeleton:** nothing is implemented yet; the API is specified in DESIGN.md and built under issue 4.
+//! A [`LoadBoard`] holds, for every GPU, the number of requests in flight and their outstanding
+//! cost (e.g. prompt + generation tokens). Routers call [`LoadBoard::pick`] (or, better,
+//! [`LoadBoard::pick_and_acquire`], which reserves load at selection time so that concurrent
+//! routers do not all choose the same GPU) on every request; the returned [`LoadGuard`] releases
+//! exactly what it added when it is dropped, also on panic or when a task is cancelled.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use freelane_load::{GpuId, LoadBoard, Policy};
+//!
+//! let board = Arc::new(LoadBoard::new(4));
+//! let usable = |g: GpuId| g != GpuId(2); // e.g. `|g| health.is_usable(g)`
+//! let guard = board.pick_and_acquire(Policy::LeastLoaded, 128, usable).expect("a gpu is usable");
+//! assert_ne!(guard.gpu(), GpuId(2));
+//! assert_eq!(board.in_flight(guard.gpu()), 1);
+//! assert_eq!(board.cost(guard.gpu()), 128);
+//! drop(guard);
+//! assert_eq!(board.in_flight(GpuId(0)) + board.in_flight(GpuId(1)) + board.in_flight(GpuId(3)), 0);
+//! ```
+//!
+//! # Guarantees
+//! - **Exact accounting.** Every acquire is one atomic `fetch_add` of a packed word (in-flight
+//!   count and cost together) and its guard's drop is one `fetch_sub` of the very same delta, so
+//!   the counters are exact sums of the live guards at every instant (read-modify-writes on one
+//!   location are totally ordered). When no guard is live every counter reads zero.
+//! - **No ineligible pick.** [`pick`](LoadBoard::pick) only returns GPUs for which `eligible`
+//!   returned `true` during that call, and `None` when there is none.
+//! - **Lock-free, mostly wait-free.** `acquire`, guard drop, `pick` with `LeastLoaded` /
+//!   `PowerOfTwoChoices` / `RoundRobin` and every statistics read are wait-free (a bounded number
+//!   of loads and one or two `fetch_add`s); nothing ever blocks or spins.
+//! - **Staleness.** A pick reads each GPU's counter once with `Relaxed`; it may be overtaken by
+//!   concurrent acquires (the load it saw is a snapshot, not a lock). That is why
+//!   `pick_and_acquire` reserves immediately, and why `PowerOfTwoChoices` exists (robust to
+//!   stale load information where "always the least loaded" herds).
+//! - **Statistics** (`allocations`, `releases`, `failures`, success rate) are monotonic
+//!   counters read without locks. `allocations` and `failures` are exact; `releases` is derived
+//!   as `allocations - in_flight` and is exact when no acquire or release is concurrent with the
+//!   read (otherwise it may be off by the number of concurrent operations).
+//! - **Bad input.** An out-of-range [`GpuId`] never corrupts anything: `in_flight`/`cost` read 0,
+//!   `stats` returns `None`, [`try_acquire`](LoadBoard::try_acquire) and
+//!   [`record_failure`](LoadBoard::record_failure) return [`LoadError::UnknownGpu`], `pick`
+//!   never returns it. Only [`acquire`](LoadBoard::acquire) panics on it, as documented (it
+//!   has no error channel by contract).
+//!
+//! # Implementation
+//! **Layout: packed, read-mostly load words.** Each GPU's load is one `AtomicU64`: the in-flight
+//! count in the top 24 bits and the outstanding cost in the low 40 bits. The words of eight
+//! GPUs share one cache-padded block, so `LeastLoaded` reads all eight GPUs with one cache-line
+//! fetch, and an acquire/release is a single RMW. Per-GPU *padded* records were measured to be
+//! slower for pick-heavy workloads because a scan then touches one line per GPU, each of which
+//! is being invalidated by other routers' RMWs (see `benches/benches/load.rs` and
+//! `docs/BENCHMARKS.md`). The statistics that picks never read (allocations, failures) live in a
+//! separate cache-padded record per GPU so they do not add traffic to the picked line.
+//!
+//! **Orderings.** All counter operations are `Relaxed`: the counters publish no other data, and
+//! the only property needed — that the final value is the exact sum of all deltas — holds for
+//! any ordering because RMWs on one location form a single modification order. Threads that
+//! want to read a quiescent zero synchronize through something else (a join, a channel), which
+//! supplies the happens-before edge. See `docs/ORDERINGS.md`.
+//!
+//! **Overflow.** A GPU may hold up to [`MAX_IN_FLIGHT`] guards and [`MAX_COST`] outstanding
+//! cost. `try_acquire` adds its delta and inspects the previous value; if the addition
+//! overflowed a field it subtracts the same delta again (restoring the exact sum, since the
+//! arithmetic is modular) and returns [`LoadError::Overflow`]. While that undo is pending other
+//! threads' picks may read a meaningless load for that GPU; the accounting stays exact. The cost
+//! of a single acquire is clamped to [`MAX_COST`].
+//!
+//! **Randomness.** `PowerOfTwoChoices` and tie-breaking use a thread-local xorshift generator
+//! seeded once per thread from `std`'s `RandomState`: no shared RNG state. Under loom the
+//! generator is a `loom::thread_local!` with a fixed seed, so models stay deterministic.
+//!
+//! **Arc.** `acquire` takes `self: &Arc<Self>` with `std::sync::Arc` also under loom: loom's
+//! `Arc` cannot be a method receiver on stable Rust, and the board's reference count is not part
+//! of the protocol being model-checked (the counters are).
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use freelane_sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use freelane_sync::CachePadded;
+
+/// Bits of the packed load word that hold the outstanding cost.
+const COST_BITS: u32 = 40;
+/// Mask of the cost field in a packed load word.
+const COST_MASK: u64 = (1 << COST_BITS) - 1;
+/// One in-flight request in packed form.
+const ONE_IN_FLIGHT: u64 = 1 << COST_BITS;
+/// The most guards one GPU can hold at once (`2^24 - 1`).
+pub const MAX_IN_FLIGHT: u64 = (1 << (64 - COST_BITS)) - 1;
+/// The most outstanding cost one GPU can hold (`2^40 - 1`); a single acquire's cost is clamped
+/// to it.
+pub const MAX_COST: u64 = COST_MASK;
+/// GPUs per cache-padded block of packed load words.
+const WORDS_PER_BLOCK: usize = 8;
+
+/// The index of a GPU on a [`LoadBoard`] (and a `HealthTable`): `0..gpus`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct GpuId(pub u32);
+
+impl GpuId {
+    /// The index as `usize`.
+    #[inline]
+    pub const fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+impl fmt::Display for GpuId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "gpu{}", self.0)
+    }
+}
+
+impl From<u32> for GpuId {
+    fn from(v: u32) -> Self {
+        GpuId(v)
+    }
+}
+
+/// How [`LoadBoard::pick`] chooses among the eligible GPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Policy {
+    /// Scan every eligible GPU and take the one with the lowest weighted load (ties broken at a
+    /// random starting point so that routers do not herd onto GPU 0).
+    #[default]
+    LeastLoaded,
+    /// Sample two random eligible GPUs and take the less loaded one (max load about `ln ln n`,
+    /// robust to stale load information).
+    PowerOfTwoChoices,
+    /// The next eligible GPU after a shared rotating cursor.
+    RoundRobin,
+}
+
+impl Policy {
+    /// The policy's name as accepted by [`FromStr`]: `least-loaded`, `p2c`, `round-robin`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Policy::LeastLoaded => "least-loaded",
+            Policy::PowerOfTwoChoices => "p2c",
+            Policy::RoundRobin => "round-robin",
+        }
+    }
+}
+
+impl fmt::Display for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The error of parsing a [`Policy`] from a string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsePolicyError {
+    input: String,
+}
+
+impl fmt::Display for ParsePolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "unknown gpu selection policy `{}` (expected least-loaded, p2c or round-robin)",
+            self.input
+        )
+    }
+}
+
+impl std::error::Error for ParsePolicyError {}
+
+impl FromStr for Policy {
+    type Err = ParsePolicyError;
+
+    /// Accepts `least-loaded`, `p2c` (also `power-of-two-choices`) and `round-robin`,
+    /// case-insensitively, with `_` for `-`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let norm = s.trim().to_ascii_lowercase().replace('_', "-");
+        match norm.as_str() {
+            "least-loaded" | "leastloaded" => Ok(Policy::LeastLoaded),
+            "p2c" | "power-of-two-choices" | "power-of-two" => Ok(Policy::PowerOfTwoChoices),
+            "round-robin" | "roundrobin" | "rr" => Ok(Policy::RoundRobin),
+            _ => Err(ParsePolicyError {
+                input: s.to_string(),
+            }),
+        }
+    }
+}
+
+/// Errors of the load board.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoadError {
+    /// The GPU index is not on the board.
+    UnknownGpu {
+        /// The offending id.
+        gpu: GpuId,
+        /// How many GPUs the board has.
+        gpus: usize,
+    },
+    /// The GPU already holds [`MAX_IN_FLIGHT`] guards or the cost would exceed [`MAX_COST`].
+    Overflow {
+        /// The GPU whose counters are full.
+        gpu: GpuId,
+    },
+    /// A capacity weight of zero was given.
+    ZeroWeight {
+        /// The GPU with weight zero.
+        gpu: GpuId,
+    },
+    /// More GPUs than `GpuId` (u32) can name.
+    TooManyGpus {
+        /// The requested number of GPUs.
+        gpus: usize,
+    },
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LoadError::UnknownGpu { gpu, gpus } => {
+                write!(f, "unknown {gpu}: the load board has {gpus} gpus")
+            }
+            LoadError::Overflow { gpu } => write!(
+                f,
+                "load counters of {gpu} are full (at most {MAX_IN_FLIGHT} in flight and {MAX_COST} outstanding cost)"
+            ),
+            LoadError::ZeroWeight { gpu } => {
+                write!(f, "capacity weight of {gpu} is zero (weights must be at least 1)")
+            }
+            LoadError::TooManyGpus { gpus } => {
+                write!(f, "{gpus} gpus do not fit a 32-bit gpu id")
+            }
+        }
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+/// A lock-free snapshot of one GPU's statistics (see [`LoadBoard::stats`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GpuStats {
+    /// The GPU.
+    pub gpu: GpuId,
+    /// Requests in flight (live guards).
+    pub in_flight: u64,
+    /// Outstanding cost of the live guards.
+    pub cost: u64,
+    /// Guards ever handed out (exact).
+    pub allocations: u64,
+    /// Guards released (`allocations - in_flight`; exact when no acquire/release is concurrent).
+    pub releases: u64,
+    /// Failures recorded with [`LoadBoard::record_failure`] or [`LoadGuard::fail`] (exact).
+    pub failures: u64,
+    /// The capacity weight.
+    pub weight: u32,
+}
+
+impl GpuStats {
+    /// `1 - failures / allocations`, clamped to `0.0..=1.0`; `1.0` before the first allocation.
+    pub fn success_rate(&self) -> f64 {
+        if self.allocations == 0 {
+            1.0
+        } else {
+            (1.0 - self.failures as f64 / self.allocations as f64).clamp(0.0, 1.0)
+        }
+    }
+}
+
+/// Statistics that picks never read: kept apart from the packed load words.
+#[derive(Debug)]
+struct Stats {
+    allocations: AtomicU64,
+    failures: AtomicU64,
+}
+
+/// Per-GPU load counters shared by all routers (through `Arc`).
+///
+/// See the [crate documentation](crate) for the guarantees and the layout.
+pub struct LoadBoard {
+    /// Packed load words (`in_flight << 40 | cost`), eight GPUs per padded block.
+    blocks: Box<[CachePadded<[AtomicU64; WORDS_PER_BLOCK]>]>,
+    /// Allocation / failure statistics, one padded record per GPU.
+    stats: Box<[CachePadded<Stats>]>,
+    /// Capacity weights, or `None` when every GPU has weight 1 (the fast path).
+    weights: Option<Box<[u32]>>,
+    /// The round-robin cursor.
+    cursor: CachePadded<AtomicUsize>,
+    gpus: usize,
+}
+
+impl fmt::Debug for LoadBoard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let loads: Vec<(u64, u64)> = (0..self.gpus)
+            .map(|g| {
+                let w = self.word(g);
+                (w >> COST_BITS, w & COST_MASK)
+            })
+            .collect();
+        f.debug_struct("LoadBoard")
+            .field("gpus", &self.gpus)
+            .field("in_flight_and_cost", &loads)
+            .field("weights", &self.weights)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LoadBoard {
+    /// A board for `gpus` GPUs of equal capacity, all idle. Zero GPUs is allowed (every pick
+    /// returns `None`).
+    ///
+    /// # Panics
+    /// If `gpus` exceeds `u32::MAX as usize + 1` (a [`GpuId`] could not name them); use
+    /// [`try_new`](Self::try_new) for an error instead.
+    pub fn new(gpus: usize) -> Self {
+        match Self::try_new(gpus) {
+            Ok(b) => b,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// A board for `gpus` GPUs of equal capacity, or [`LoadError::TooManyGpus`].
+    pub fn try_new(gpus: usize) -> Result<Self, LoadError> {
+        if gpus as u64 > u64::from(u32::MAX) + 1 {
+            return Err(LoadError::TooManyGpus { gpus });
+        }
+        let nblocks = gpus.div_ceil(WORDS_PER_BLOCK);
+        let blocks = (0..nblocks)
+            .map(|_| CachePadded::new(std::array::from_fn(|_| AtomicU64::new(0))))
+            .collect();
+        let stats = (0..gpus)
+            .map(|_| {
+                CachePadded::new(Stats {
+                    allocations: AtomicU64::new(0),
+                    failures: AtomicU64::new(0),
+                })
+            })
+            .collect();
+        Ok(Self {
+            blocks,
+            stats,
+            weights: None,
+            cursor: CachePadded::new(AtomicUsize::new(0)),
+            gpus,
+        })
+    }
+
+    /// A board whose GPU `i` has capacity weight `weights[i]` (e.g. relative memory or
+    /// throughput): weighted picks compare `load / weight`, so a GPU of weight 2 takes about
+    /// twice the load of one of weight 1. Every weight must be at least 1.
+    pub fn with_weights(weights: &[u32]) -> Result<Self, LoadError> {
+        let mut board = Self::try_new(weights.len())?;
+        if let Some(i) = weights.iter().position(|&w| w == 0) {
+            return Err(LoadError::ZeroWeight {
+                gpu: GpuId(i as u32),
+            });
+        }
+        if weights.iter().any(|&w| w != 1) {
+            board.weights = Some(weights.into());
+        }
+        Ok(board)
+    }
+
+    /// The number of GPUs.
+    #[inline]
+    pub fn gpus(&self) -> usize {
+        self.gpus
+    }
+
+    /// The capacity weight of `gpu` (1 unless built [`with_weights`](Self::with_weights));
+    /// `None` for an unknown GPU.
+    pub fn weight(&self, gpu: GpuId) -> Option<u32> {
+        (gpu.index() < self.gpus).then(|| self.weight_of(gpu.index()))
+    }
+
+    #[inline]
+    fn weight_of(&self, g: usize) -> u32 {
+        match &self.weights {
+            Some(w) => w[g],
+            None => 1,
+        }
+    }
+
+    /// The packed word of GPU `g` (must be in range).
+    #[inline]
+    fn slot(&self, g: usize) -> &AtomicU64 {
+        &self.blocks[g / WORDS_PER_BLOCK][g % WORDS_PER_BLOCK]
+    }
+
+    #[inline]
+    fn word(&self, g: usize) -> u64 {
+        // Relaxed: a statistical snapshot; the counter publishes no other data.
+        self.slot(g).load(Ordering::Relaxed)
+    }
+
+    /// Requests in flight on `gpu` (live guards); 0 for an unknown GPU.
+    #[inline]
+    pub fn in_flight(&self, gpu: GpuId) -> u64 {
+        if gpu.index() < self.gpus {
+            self.word(gpu.index()) >> COST_BITS
+        } else {
+            0
+        }
+    }
+
+    /// Outstanding cost on `gpu` (sum of the live guards' costs); 0 for an unknown GPU.
+    #[inline]
+    pub fn cost(&self, gpu: GpuId) -> u64 {
+        if gpu.index() < self.gpus {
+            self.word(gpu.index()) & COST_MASK
+        } else {
+            0
+        }
+    }
+
+    /// The load score picks compare: `in_flight + cost` (each request counts one unit on top of
+    /// its cost, so cost-0 requests still balance). 0 for an unknown GPU.
+    pub fn load(&self, gpu: GpuId) -> u64 {
+        if gpu.index() < self.gpus {
+            score(self.word(gpu.index()))
+        } else {
+            0
+        }
+    }
+
+    /// A lock-free snapshot of `gpu`'s statistics; `None` for an unknown GPU.
+    pub fn stats(&self, gpu: GpuId) -> Option<GpuStats> {
+        let g = gpu.index();
+        if g >= self.gpus {
+            return None;
+        }
+        let w = self.word(g);
+        let s = &self.stats[g];
+        // Relaxed: monotonic statistics counters; no other data hangs off them.
+        let allocations = s.allocations.load(Ordering::Relaxed);
+        // Relaxed: as above.
+        let failures = s.failures.load(Ordering::Relaxed);
+        let in_flight = w >> COST_BITS;
+        Some(GpuStats {
+            gpu,
+            in_flight,
+            cost: w & COST_MASK,
+            allocations,
+            releases: allocations.saturating_sub(in_flight),
+            failures,
+            weight: self.weight_of(g),
+        })
+    }
+
+    /// `gpu`'s success rate (see [`GpuStats::success_rate`]); `None` for an unknown GPU.
+    pub fn success_rate(&self, gpu: GpuId) -> Option<f64> {
+        self.stats(gpu).map(|s| s.success_rate())
+    }
+
+    /// Counts one failed request on `gpu` (for [`GpuStats::failures`] and the success rate).
+    pub fn record_failure(&self, gpu: GpuId) -> Result<(), LoadError> {
+        let s = self.stats.get(gpu.index()).ok_or(LoadError::UnknownGpu {
+            gpu,
+            gpus: self.gpus,
+        })?;
+        // Relaxed: a statistics counter; exact because RMWs on one location never lose updates.
+        s.failures.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Adds one request of `cost` to `gpu` and returns the guard that removes it again.
+    ///
+    /// # Panics
+    /// If `gpu` is not on the board or its counters are full (see
+    /// [`try_acquire`](Self::try_acquire), which returns these as errors instead).
+    pub fn acquire(self: &Arc<Self>, gpu: GpuId, cost: u64) -> LoadGuard {
+        match self.try_acquire(gpu, cost) {
+            Ok(g) => g,
+            Err(e) => panic!("LoadBoard::acquire: {e}"),
+        }
+    }
+
+    /// Adds one request of `cost` (clamped to [`MAX_COST`]) to `gpu` and returns the guard that
+    /// removes exactly that again; [`LoadError::UnknownGpu`] or [`LoadError::Overflow`] leave
+    /// the board unchanged (see the crate docs on overflow).
+    pub fn try_acquire(self: &Arc<Self>, gpu: GpuId, cost: u64) -> Result<LoadGuard, LoadError> {
+        let g = gpu.index();
+        if g >= self.gpus {
+            return Err(LoadError::UnknownGpu {
+                gpu,
+                gpus: self.gpus,
+            });
+        }
+        let cost = cost.min(MAX_COST);
+        let delta = ONE_IN_FLIGHT + cost;
+        let slot = self.slot(g);
+        // Relaxed: the packed counter publishes no data; the exact sum only needs the RMW's
+        // atomicity (single modification order), which every ordering provides.
+        let prev = slot.fetch_add(delta, Ordering::Relaxed);
+        if prev >> COST_BITS >= MAX_IN_FLIGHT || (prev & COST_MASK) > MAX_COST - cost {
+            // Relaxed: undoes the add above exactly (modular arithmetic); same reasoning.
+            slot.fetch_sub(delta, Ordering::Relaxed);
+            return Err(LoadError::Overflow { gpu });
+        }
+        // Relaxed: a statistics counter, exact by RMW atomicity.
+        self.stats[g].allocations.fetch_add(1, Ordering::Relaxed);
+        Ok(LoadGuard {
+            board: Arc::clone(self),
+            gpu,
+            delta,
+        })
+    }
+
+    /// Picks a GPU for which `eligible` returns `true`, by `policy`; `None` when none is
+    /// eligible. Reads the load words once each (`Relaxed`); reserves nothing (see
+    /// [`pick_and_acquire`](Self::pick_and_acquire)).
+    pub fn pick(&self, policy: Policy, eligible: impl Fn(GpuId) -> bool) -> Option<GpuId> {
+        match policy {
+            Policy::LeastLoaded => self.pick_least_loaded(&eligible),
+            Policy::PowerOfTwoChoices => self.pick_two_choices(&eligible),
+            Policy::RoundRobin => self.pick_round_robin(&eligible),
+        }
+    }
+
+    /// Picks like [`pick`](Self::pick) and immediately acquires `cost` on the chosen GPU, so
+    /// that routers deciding at the same time see each other's reservations. `None` when no GPU
+    /// is eligible (or, in the absurd case that the chosen GPU's counters are full, when the
+    /// reservation fails).
+    pub fn pick_and_acquire(
+        self: &Arc<Self>,
+        policy: Policy,
+        cost: u64,
+        eligible: impl Fn(GpuId) -> bool,
+    ) -> Option<LoadGuard> {
+        let gpu = self.pick(policy, eligible)?;
+        self.try_acquire(gpu, cost).ok()
+    }
+
+    /// `true` when `a` is strictly less loaded than `b`, after weighting.
+    #[inline]
+    fn less(&self, a: (usize, u64), b: (usize, u64)) -> bool {
+        match &self.weights {
+            None => a.1 < b.1,
+            Some(w) => {
+                // a.1 / w[a] < b.1 / w[b]  <=>  a.1 * w[b] < b.1 * w[a] (no overflow in u128).
+                u128::from(a.1) * u128::from(w[b.0]) < u128::from(b.1) * u128::from(w[a.0])
+            }
+        }
+    }
+
+    fn pick_least_loaded(&self, eligible: &impl Fn(GpuId) -> bool) -> Option<GpuId> {
+        let n = self.gpus;
+        if n == 0 {
+            return None;
+        }
+        // A random starting point breaks ties differently per call.
+        let start = if n == 1 { 0 } else { rng::below(n) };
+        let mut best: Option<(usize, u64)> = None;
+        for k in 0..n {
+            let g = if start + k >= n {
+                start + k - n
+            } else {
+                start + k
+            };
+            if !eligible(GpuId(g as u32)) {
+                continue;
+            }
+            let cand = (g, score(self.word(g)));
+            match best {
+                Some(b) if !self.less(cand, b) => {}
+                _ => best = Some(cand),
+            }
+        }
+        best.map(|(g, _)| GpuId(g as u32))
+    }
+
+    /// The first eligible GPU at or after `start` (wrapping), skipping `skip`.
+    #[inline]
+    fn first_eligible_from(
+        &self,
+        start: usize,
+        skip: Option<usize>,
+        eligible: &impl Fn(GpuId) -> bool,
+    ) -> Option<usize> {
+        let n = self.gpus;
+        (0..n)
+            .map(|k| {
+                if start + k >= n {
+                    start + k - n
+                } else {
+                    start + k
+                }
+            })
+            .find(|&g| Some(g) != skip && eligible(GpuId(g as u32)))
+    }
+
+    fn pick_two_choices(&self, eligible: &impl Fn(GpuId) -> bool) -> Option<GpuId> {
+        let n = self.gpus;
+        if n == 0 {
+            return None;
+        }
+        let r = rng::next();
+        let (i, j) = (reduce(r as u32, n), reduce((r >> 32) as u32, n));
+        let a = self.first_eligible_from(i, None, eligible)?;
+        let Some(b) = self.first_eligible_from(j, Some(a), eligible) else {
+            return Some(GpuId(a as u32));
+        };
+        let (la, lb) = ((a, score(self.word(a))), (b, score(self.word(b))));
+        let pick = if self.less(lb, la) { b } else { a };
+        Some(GpuId(pick as u32))
+    }
+
+    fn pick_round_robin(&self, eligible: &impl Fn(GpuId) -> bool) -> Option<GpuId> {
+        let n = self.gpus;
+        if n == 0 {
+            return None;
+        }
+        // Relaxed: the cursor only spreads picks; it publishes no data.
+        let start = self.cursor.fetch_add(1, Ordering::Relaxed) % n;
+        self.first_eligible_from(start, None, eligible)
+            .map(|g| GpuId(g as u32))
+    }
+}
+
+/// The load score of a packed word: in-flight requests plus outstanding cost.
+#[inline]
+fn score(word: u64) -> u64 {
+    (word >> COST_BITS) + (word & COST_MASK)
+}
+
+/// Maps a uniform `u32` onto `0..n` (Lemire's multiply-shift; `n <= 2^32`).
+#[inline]
+fn reduce(x: u32, n: usize) -> usize {
+    ((u64::from(x) * n as u64) >> 32) as usize
+}
+
+/// A reservation of load on one GPU; dropping it releases exactly what was added.
+///
+/// `'static` and `Send`: hold it in the request (across `.await`s, threads, queues) for as long
+/// as the GPU works on it.
+#[must_use = "dropping a LoadGuard immediately releases the load it reserved"]
+pub struct LoadGuard {
+    board: Arc<LoadBoard>,
+    gpu: GpuId,
+    delta: u64,
+}
+
+impl LoadGuard {
+    /// The GPU this guard holds load on.
+    #[inline]
+    pub fn gpu(&self) -> GpuId {
+        self.gpu
+    }
+
+    /// The cost this guard added (after clamping to [`MAX_COST`]).
+    #[inline]
+    pub fn cost(&self) -> u64 {
+        self.delta & COST_MASK
+    }
+
+    /// The board this guard belongs to.
+    pub fn board(&self) -> &Arc<LoadBoard> {
+        &self.board
+    }
+
+    /// Records a failure of this request on its GPU (see [`LoadBoard::record_failure`]) and
+    /// releases the load.
+    pub fn fail(self) {
+        // Cannot fail: the guard's GPU is on its board.
+        let _ = self.board.record_failure(self.gpu);
+    }
+}
+
+impl fmt::Debug for LoadGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoadGuard")
+            .field("gpu", &self.gpu)
+            .field("cost", &self.cost())
+            .finish()
+    }
+}
+
+impl Drop for LoadGuard {
+    fn drop(&mut self) {
+        // Relaxed: removes exactly the delta the matching fetch_add added; the exact sum needs
+        // only RMW atomicity. Nothing is published through the counter.
+        self.board
+            .slot(self.gpu.index())
+            .fetch_sub(self.delta, Ordering::Relaxed);
+    }
+}
+
+/// The thread-local xorshift generator (no shared RNG state).
+mod rng {
+    use std::cell::Cell;
+
+    #[cfg(not(freelane_loom))]
+    std::thread_local! {
+        static STATE: Cell<u64> = Cell::new(seed());
+    }
+    #[cfg(freelane_loom)]
+    loom::thread_local! {
+        static STATE: Cell<u64> = Cell::new(0x9E37_79B9_7F4A_7C15);
+    }
+
+    #[cfg(not(freelane_loom))]
+    fn seed() -> u64 {
+        use std::hash::{BuildHasher, Hasher};
+        // RandomState is randomly keyed per process and per call: a cheap per-thread seed.
+        let s = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        s | 1
+    }
+
+    /// The next 64 random bits (xorshift64*).
+    #[inline]
+    pub(crate) fn next() -> u64 {
+        STATE.with(|c| {
+            let mut x = c.get();
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            c.set(x);
+            x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        })
+    }
+
+    /// A random index in `0..n` (`n >= 1`).
+    #[inline]
+    pub(crate) fn below(n: usize) -> usize {
+        super::reduce((next() >> 32) as u32, n)
+    }
+}
+
+#[cfg(all(test, not(freelane_loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guard_releases_exactly_what_it_added() {
+        let b = Arc::new(LoadBoard::new(3));
+        let g1 = b.acquire(GpuId(1), 10);
+        let g2 = b.acquire(GpuId(1), 5);
+        assert_eq!((b.in_flight(GpuId(1)), b.cost(GpuId(1))), (2, 15));
+        drop(g1);
+        assert_eq!((b.in_flight(GpuId(1)), b.cost(GpuId(1))), (1, 5));
+        drop(g2);
+        assert_eq!((b.in_flight(GpuId(1)), b.cost(GpuId(1))), (0, 0));
+        let s = b.stats(GpuId(1)).unwrap();
+        assert_eq!((s.allocations, s.releases, s.failures), (2, 2, 0));
+    }
+
+    #[test]
+    fn unknown_gpu_is_an_error_not_a_panic() {
+        let b = Arc::new(LoadBoard::new(2));
+        assert_eq!(b.in_flight(GpuId(7)), 0);
+        assert_eq!(b.cost(GpuId(7)), 0);
+        assert!(b.stats(GpuId(7)).is_none());
+        let e = b.try_acquire(GpuId(7), 1).unwrap_err();
+        assert_eq!(
+            e,
+            LoadError::UnknownGpu {
+                gpu: GpuId(7),
+                gpus: 2
+            }
+        );
+        assert_eq!(e.to_string(), "unknown gpu7: the load board has 2 gpus");
+        assert!(b.record_failure(GpuId(2)).is_err());
+    }
+
+    #[test]
+    #[should_panic(expected = "unknown gpu3")]
+    fn acquire_panics_on_unknown_gpu_with_a_clear_message() {
+        let b = Arc::new(LoadBoard::new(2));
+        let _g = b.acquire(GpuId(3), 0);
+    }
+
+    #[test]
+    fn overflow_is_reported_and_leaves_the_board_unchanged() {
+        let b = Arc::new(LoadBoard::new(1));
+        let big = b.acquire(GpuId(0), MAX_COST);
+        assert_eq!(b.cost(GpuId(0)), MAX_COST);
+        assert_eq!(
+            b.try_acquire(GpuId(0), 1).unwrap_err(),
+            LoadError::Overflow { gpu: GpuId(0) }
+        );
+        assert_eq!((b.in_flight(GpuId(0)), b.cost(GpuId(0))), (1, MAX_COST));
+        let zero = b.acquire(GpuId(0), 0);
+        assert_eq!(b.in_flight(GpuId(0)), 2);
+        drop((big, zero));
+        assert_eq!((b.in_flight(GpuId(0)), b.cost(GpuId(0))), (0, 0));
+        // Clamping: a cost above MAX_COST is clamped, and released exactly.
+        let g = b.acquire(GpuId(0), u64::MAX);
+        assert_eq!(g.cost(), MAX_COST);
+        drop(g);
+        assert_eq!(b.cost(GpuId(0)), 0);
+        assert_eq!(b.stats(GpuId(0)).unwrap().allocations, 3);
+    }
+
+    #[test]
+    fn in_flight_overflow_is_detected() {
+        let b = Arc::new(LoadBoard::new(1));
+        // Simulate a full in-flight field without creating 16M guards.
+        b.slot(0)
+            .store(MAX_IN_FLIGHT << COST_BITS, Ordering::Relaxed);
+        assert_eq!(
+            b.try_acquire(GpuId(0), 0).unwrap_err(),
+            LoadError::Overflow { gpu: GpuId(0) }
+        );
+        assert_eq!(b.in_flight(GpuId(0)), MAX_IN_FLIGHT);
+    }
+
+    #[test]
+    fn pick_returns_none_when_nothing_is_eligible() {
+        let b = LoadBoard::new(4);
+        for p in [
+            Policy::LeastLoaded,
+            Policy::PowerOfTwoChoices,
+            Policy::RoundRobin,
+        ] {
+            assert_eq!(b.pick(p, |_| false), None);
+        }
+        let empty = LoadBoard::new(0);
+        for p in [
+            Policy::LeastLoaded,
+            Policy::PowerOfTwoChoices,
+            Policy::RoundRobin,
+        ] {
+            assert_eq!(empty.pick(p, |_| true), None);
+        }
+    }
+
+    #[test]
+    fn least_loaded_picks_the_minimum_eligible_load() {
+        let b = Arc::new(LoadBoard::new(4));
+        let _a = b.acquire(GpuId(0), 3);
+        let _c = b.acquire(GpuId(1), 1);
+        let _d = b.acquire(GpuId(3), 0);
+        // Loads: 4, 2, 0, 1.
+        assert_eq!(b.pick(Policy::LeastLoaded, |_| true), Some(GpuId(2)));
+        assert_eq!(
+            b.pick(Policy::LeastLoaded, |g| g != GpuId(2)),
+            Some(GpuId(3))
+        );
+        assert_eq!(b.pick(Policy::LeastLoaded, |g| g.0 < 2), Some(GpuId(1)));
+    }
+
+    #[test]
+    fn two_choices_picks_an_eligible_gpu_and_the_lesser_of_two() {
+        let b = Arc::new(LoadBoard::new(2));
+        let _h = b.acquire(GpuId(0), 100);
+        for _ in 0..100 {
+            // With only two GPUs both are sampled, so the lesser always wins.
+            assert_eq!(b.pick(Policy::PowerOfTwoChoices, |_| true), Some(GpuId(1)));
+            assert_eq!(
+                b.pick(Policy::PowerOfTwoChoices, |g| g == GpuId(0)),
+                Some(GpuId(0))
+            );
+        }
+        let b = LoadBoard::new(8);
+        for _ in 0..1000 {
+            let g = b.pick(Policy::PowerOfTwoChoices, |g| g.0 % 3 == 1).unwrap();
+            assert_eq!(g.0 % 3, 1);
+        }
+    }
+
+    #[test]
+    fn round_robin_cycles_through_eligible_gpus() {
+        let b = LoadBoard::new(3);
+        let picks: Vec<u32> = (0..6)
+            .map(|_| b.pick(Policy::RoundRobin, |_| true).unwrap().0)
+            .collect();
+        assert_eq!(picks, vec![0, 1, 2, 0, 1, 2]);
+        let picks: Vec<u32> = (0..4)
+            .map(|_| b.pick(Policy::RoundRobin, |g| g != GpuId(1)).unwrap().0)
+            .collect();
+        assert!(picks.iter().all(|&g| g != 1));
+    }
+
+    #[test]
+    fn weights_make_bigger_gpus_take_proportionally_more() {
+        let b = Arc::new(LoadBoard::with_weights(&[1, 3]).unwrap());
+        let guards: Vec<_> = (0..400)
+            .map(|_| {
+                b.pick_and_acquire(Policy::LeastLoaded, 0, |_| true)
+                    .unwrap()
+            })
+            .collect();
+        let (a, c) = (b.in_flight(GpuId(0)), b.in_flight(GpuId(1)));
+        assert_eq!(a + c, 400);
+        assert!((99..=101).contains(&a), "gpu0 took {a}, gpu1 {c}");
+        drop(guards);
+        assert_eq!(
+            LoadBoard::with_weights(&[1, 0]).unwrap_err(),
+            LoadError::ZeroWeight { gpu: GpuId(1) }
+        );
+    }
+
+    #[test]
+    fn pick_and_acquire_spreads_load_evenly() {
+        let b = Arc::new(LoadBoard::new(4));
+        let guards: Vec<_> = (0..40)
+            .map(|_| {
+                b.pick_and_acquire(Policy::LeastLoaded, 1, |_| true)
+                    .unwrap()
+            })
+            .collect();
+        for g in 0..4 {
+            assert_eq!(b.in_flight(GpuId(g)), 10);
+        }
+        drop(guards);
+        assert!((0..4).all(|g| b.load(GpuId(g)) == 0));
+    }
+
+    #[test]
+    fn failures_and_success_rate() {
+        let b = Arc::new(LoadBoard::new(1));
+        assert_eq!(b.success_rate(GpuId(0)), Some(1.0));
+        for i in 0..4 {
+            let g = b.acquire(GpuId(0), 1);
+            if i == 0 {
+                g.fail();
+            }
+        }
+        let s = b.stats(GpuId(0)).unwrap();
+        assert_eq!(
+            (s.allocations, s.releases, s.failures, s.in_flight),
+            (4, 4, 1, 0)
+        );
+        assert_eq!(s.success_rate(), 0.75);
+    }
+
+    #[test]
+    fn policy_parses_and_displays() {
+        for p in [
+            Policy::LeastLoaded,
+            Policy::PowerOfTwoChoices,
+            Policy::RoundRobin,
+        ] {
+            assert_eq!(p.to_string().parse::<Policy>().unwrap(), p);
+        }
+        assert_eq!("P2C".parse::<Policy>().unwrap(), Policy::PowerOfTwoChoices);
+        assert_eq!(
+            "least_loaded".parse::<Policy>().unwrap(),
+            Policy::LeastLoaded
+        );
+        let e = "fastest".parse::<Policy>().unwrap_err();
+        assert!(e
+            .to_string()
+            .starts_with("unknown gpu selection policy `fastest`"));
+    }
+
+    #[test]
+    fn guard_is_static_send_and_sync() {
+        fn check<T: Send + Sync + 'static>() {}
+        check::<LoadGuard>();
+        check::<LoadBoard>();
+        assert_eq!(GpuId(3).to_string(), "gpu3");
+    }
+}
