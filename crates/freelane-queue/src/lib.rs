@@ -1,156 +1,186 @@
-//! Lock-free request queues for multi-GPU serving (work in progress, issue 3).
+//! Lock-free request queues for multi-GPU serving.
 //!
-//! Will hold `Queue<T>` (unbounded MPMC, segment-based, crossbeam-epoch reclamation),
-//! `BoundedQueue<T>` (admission control) and `RequestTable<V>` (in-flight requests with
-//! generation-checked tickets).
+//! - [`Queue<T>`]: unbounded multi-producer multi-consumer FIFO, the per-GPU request lane. Built
+//!   on fetch-and-add over fixed-size segments (Ramalhete and Correia's FAAArrayQueue), segments
+//!   reclaimed with crossbeam-epoch.
+//! - [`BoundedQueue<T>`]: fixed-capacity MPMC FIFO for admission control; [`try_push`] gives
+//!   the value back in [`Full`] when the queue is full.
+//! - [`RequestTable<V>`]: fixed-capacity table of in-flight requests addressed by generation-
+//!   checked [`Ticket`]s, with a cancellation flag per entry.
 //!
-//! **Placeholder:** until issue 3 lands, `Queue` and `BoundedQueue` are a `Mutex<VecDeque>` with
-//! the final API, so that dependent crates can be written against the contract. They are correct
-//! but not lock-free; nothing here is benchmarked or claimed fast.
+//! [`try_push`]: BoundedQueue::try_push
+//!
+//! # Guarantees
+//!
+//! **`Queue`**
+//! - *Linearizable FIFO.* Every `push` and `pop` takes effect at one instant between its call and
+//!   its return: the fetch-and-add on the segment's `enq`/`deq` index that claims the slot (and,
+//!   for an empty `pop`, the load of `next` in its empty check). In particular values pushed by
+//!   one producer are popped in push order by any consumer, and a `pop` that starts after a
+//!   `push` returned (happens-after) never reports empty unless that value was already taken.
+//! - *Happens-before.* Everything a producer did before `push(v)` happens-before everything the
+//!   consumer that pops `v` does after `pop` returns (Release CAS on the slot state, Acquire swap).
+//! - *Progress.* `push` and `pop` are lock-free: a thread retries only because another thread
+//!   made progress (claimed an index, linked or unlinked a segment). Nothing ever blocks or
+//!   parks; a consumer that claims a slot whose producer is mid-write waits at most 8 short spins
+//!   and then *poisons* the slot, sending that producer to a later index. `len` and `is_empty` are
+//!   lock-free too; `len` is exact when no operation is in progress.
+//! - *Nothing is lost or duplicated.* Each pushed value is popped at most once and, unless it is
+//!   still in the queue, exactly once; `Drop` drops every value still in the queue exactly once.
+//! - *Memory.* One allocation per 1024 pushes (no allocation per item). A segment is unlinked once
+//!   all its slots are consumed and freed by crossbeam-epoch after every thread pinned at that
+//!   time has unpinned, so memory stays bounded while values stream through. Operations pin the
+//!   epoch once each and never hold a guard across a wait. [`live_segments`] counts segments.
+//!
+//! **`BoundedQueue`**
+//! - Linearizable FIFO; never holds more than `capacity` values; `try_push` on a full queue
+//!   returns `Err(Full(value))` with the value; `pop` on an empty queue returns `None`.
+//! - `try_push` and `pop` never block indefinitely on a full/empty queue, and allocate nothing.
+//!   Like crossbeam's `ArrayQueue` (same Vyukov design), a thread whose slot is being written or
+//!   read by a preempted peer spins/yields until that peer finishes: progress is lock-free except
+//!   for that window (formally *blocking*, as for `ArrayQueue`).
+//!
+//! **`RequestTable`**
+//! - A stale [`Ticket`] (its entry removed) never reaches a later entry of the same slot: every
+//!   operation checks the generation in the same atomic word it acts on (until the 32-bit
+//!   generation of one slot wraps after 2^32 reuses).
+//! - `insert`, `with`, `get`, `cancel`, `is_cancelled`, `contains` are lock-free
+//!   (`is_cancelled` and `contains` wait-free). `remove` is lock-free except that it waits for
+//!   readers currently inside `with` on the *same* entry to return.
+//! - Exactly one of several concurrent `remove`s of one ticket gets the value; `Drop` drops every
+//!   value still in the table exactly once.
+//! - `cancel` (Release) happens-before an `is_cancelled` (Acquire) that returns `true`.
+//!
+//! # Implementation
+//!
+//! **`Queue`** (FAAArrayQueue; the argument is repeated in `docs/ORDERINGS.md`)
+//! - *Layout.* A linked list of segments; each holds `deq` and `enq` indices (cache-padded
+//!   apart), a `next` pointer and 1024 slots (2 under loom), each slot an atomic state
+//!   (`EMPTY`, `WRITTEN`, `TAKEN`) plus an `UnsafeCell<MaybeUninit<T>>`. The queue holds
+//!   cache-padded `head` and `tail` segment pointers.
+//! - *Push.* Pin; load `tail`; `enq.fetch_add(1)` claims index `i`. If `i < 1024`, write the value
+//!   into slot `i` and CAS its state `EMPTY -> WRITTEN` (Release); if a consumer poisoned the slot
+//!   (`TAKEN`) first, read the value back and retry. If `i >= 1024` the segment is full: link a new
+//!   segment that already holds the value in slot 0 with a CAS on `next` (Release), then swing
+//!   `tail` (Release); on a lost race, take the value back and help `tail` forward.
+//! - *Pop.* Pin; load `head`; if `deq >= enq` and `next` is null the queue is empty: return `None`
+//!   without consuming an index (the *empty pre-check*, so idle consumers do not burn slots).
+//!   Otherwise `deq.fetch_add(1)` claims index `i` and `swap(TAKEN)` (Acquire) on slot `i`
+//!   takes the value if it was `WRITTEN`; if it was `EMPTY` the slot is poisoned and the pop
+//!   retries. If `i >= 1024`, move `head` to `next` (after moving `tail` off this segment if it
+//!   lags there) and retire the old segment with `defer_destroy`.
+//! - *Why not SegQueue's design.* crossbeam's `SegQueue` claims a slot by a CAS loop on the
+//!   tail/head index (32-slot blocks), so under contention threads fail and retry the CAS and the
+//!   index line bounces once per *attempt*. Here a slot is claimed by one fetch-and-add, which
+//!   always succeeds: the index line bounces once per *operation*, and the CAS on the slot state
+//!   is uncontended except against the one consumer of that slot. The costs are an epoch pin per
+//!   operation (crossbeam-epoch: a thread-local counter plus one fence-equivalent) and an index
+//!   burned when a consumer overtakes a producer.
+//! - *Reclamation.* A segment is retired only by the thread whose CAS moved `head` past it, after
+//!   `tail` has been moved past it, so no thread pinning later can reach it; threads pinned
+//!   earlier (possibly still reading or writing its slots) are covered by the epoch.
+//! - *Orderings.* Slot hand-off: producer's Release CAS to `WRITTEN` / consumer's Acquire swap.
+//!   Segment publication: Release CAS on `next`/`tail`/`head` / Acquire loads. Index FAAs and the
+//!   empty check's loads are `SeqCst` so the empty decision is linearizable (free on x86).
+//!
+//! **`BoundedQueue`**: Dmitry Vyukov's bounded MPMC ring in crossbeam `ArrayQueue`'s form. Each
+//! cell carries a stamp (lap and index); a producer claims position `tail` with a CAS when the
+//! cell's stamp equals `tail`, writes, and stores stamp `tail + 1` (Release); a consumer claims
+//! `head` when the stamp is `head + 1`, reads, and stores `head + one_lap` (Release), handing the
+//! cell to the next lap's producer. Full/empty are decided after a `SeqCst` fence by comparing
+//! the other index, so a stale stamp is never mistaken for full or empty.
+//!
+//! **`RequestTable`**: one atomic 64-bit state word per slot, `generation << 32 | readers << 3 |
+//! REMOVING | CANCELLED | OCCUPIED`, plus an `UnsafeCell<MaybeUninit<V>>`. Every operation CASes
+//! the state word after checking the ticket's generation, so the generation check and the action
+//! are one atomic step. Readers register in the word (Acquire) and leave with a Release
+//! `fetch_sub`; `remove` sets `REMOVING` (no new readers), waits for the count to reach zero,
+//! moves the value out, bumps the generation and pushes the slot onto a Treiber free list whose
+//! head is `tag << 32 | index` (the tag changes on every push/pop, so ABA needs 2^32 changes
+//! while one thread is stalled). `insert` pops a slot (Acquire, pairing with the push's Release),
+//! writes the value and publishes it with a Release store of `OCCUPIED`.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
-use std::collections::VecDeque;
-use std::fmt;
-use std::sync::Mutex;
+mod bounded;
+mod queue;
+mod table;
 
-/// Unbounded MPMC FIFO queue (placeholder implementation, see the crate docs).
-pub struct Queue<T> {
-    inner: Mutex<VecDeque<T>>,
-}
+pub use bounded::{BoundedQueue, Full};
+pub use queue::{live_segments, Queue};
+pub use table::{RequestTable, TableFull, Ticket};
 
-impl<T> Queue<T> {
-    /// An empty queue.
-    pub fn new() -> Self {
-        Self {
-            inner: Mutex::new(VecDeque::new()),
+#[cfg(all(test, not(freelane_loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_is_fifo_across_segments() {
+        let q = Queue::new();
+        let n = if cfg!(miri) { 2100 } else { 10_000 };
+        for i in 0..n {
+            q.push(i);
         }
-    }
-
-    /// Appends `value` at the tail.
-    pub fn push(&self, value: T) {
-        self.inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push_back(value);
-    }
-
-    /// Removes the value at the head, or `None` when empty.
-    pub fn pop(&self) -> Option<T> {
-        self.inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop_front()
-    }
-
-    /// Number of items (exact when no operation is in progress).
-    pub fn len(&self) -> usize {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    /// `true` when [`len`](Self::len) is 0.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-impl<T> Default for Queue<T> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl<T> fmt::Debug for Queue<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Queue")
-            .field("len", &self.len())
-            .finish_non_exhaustive()
-    }
-}
-
-/// The value given back by [`BoundedQueue::try_push`] when the queue is full.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct Full<T>(pub T);
-
-impl<T> Full<T> {
-    /// The value that could not be pushed.
-    pub fn into_inner(self) -> T {
-        self.0
-    }
-}
-
-impl<T> fmt::Debug for Full<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Full(..)")
-    }
-}
-
-impl<T> fmt::Display for Full<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("queue is full")
-    }
-}
-
-impl<T> std::error::Error for Full<T> {}
-
-/// Bounded MPMC FIFO queue for admission control (placeholder implementation).
-pub struct BoundedQueue<T> {
-    inner: Mutex<VecDeque<T>>,
-    capacity: usize,
-}
-
-impl<T> BoundedQueue<T> {
-    /// A queue that never holds more than `capacity` items.
-    ///
-    /// # Panics
-    /// If `capacity` is 0.
-    pub fn with_capacity(capacity: usize) -> Self {
-        assert!(capacity > 0, "BoundedQueue capacity must be at least 1");
-        Self {
-            inner: Mutex::new(VecDeque::with_capacity(capacity)),
-            capacity,
+        assert_eq!(q.len(), n);
+        for i in 0..n {
+            assert_eq!(q.pop(), Some(i));
         }
+        assert_eq!(q.pop(), None);
+        assert!(q.is_empty());
     }
 
-    /// Appends `value`, or gives it back in [`Full`] when the queue holds `capacity` items.
-    pub fn try_push(&self, value: T) -> Result<(), Full<T>> {
-        let mut q = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if q.len() >= self.capacity {
-            return Err(Full(value));
+    #[test]
+    fn queue_empty_pop_does_not_burn_slots() {
+        let q = Queue::<u32>::new();
+        for _ in 0..5000 {
+            assert_eq!(q.pop(), None);
         }
-        q.push_back(value);
-        Ok(())
+        q.push(7);
+        assert_eq!(q.len(), 1);
+        assert_eq!(q.pop(), Some(7));
     }
 
-    /// Removes the value at the head, or `None` when empty.
-    pub fn pop(&self) -> Option<T> {
-        self.inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop_front()
+    #[test]
+    fn bounded_never_exceeds_capacity_and_gives_value_back() {
+        let q = BoundedQueue::with_capacity(3);
+        for i in 0..3 {
+            q.try_push(i).unwrap();
+        }
+        assert!(q.is_full());
+        let err = q.try_push(99).unwrap_err();
+        assert_eq!(err.to_string(), "queue is full");
+        assert_eq!(err.into_inner(), 99);
+        assert_eq!(q.len(), 3);
+        assert_eq!(q.pop(), Some(0));
+        q.try_push(3).unwrap();
+        assert_eq!(
+            (1..4).map(|_| q.pop().unwrap()).collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
+        assert_eq!(q.pop(), None);
     }
 
-    /// Number of items.
-    pub fn len(&self) -> usize {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).len()
+    #[test]
+    #[should_panic(expected = "BoundedQueue capacity must be at least 1")]
+    fn bounded_with_capacity_zero_panics() {
+        let _ = BoundedQueue::<u8>::with_capacity(0);
     }
 
-    /// `true` when empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The capacity given at construction.
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
-}
-
-impl<T> fmt::Debug for BoundedQueue<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BoundedQueue")
-            .field("len", &self.len())
-            .field("capacity", &self.capacity)
-            .finish_non_exhaustive()
+    #[test]
+    fn table_stale_ticket_never_reaches_new_entry() {
+        let t = RequestTable::with_capacity(1);
+        let a = t.insert("a").unwrap();
+        assert_eq!(t.remove(a), Some("a"));
+        let b = t.insert("b").unwrap();
+        assert_eq!(a.index(), b.index());
+        assert_ne!(a.generation(), b.generation());
+        assert!(!t.cancel(a));
+        assert!(!t.is_cancelled(b));
+        assert_eq!(t.get(a), None);
+        assert_eq!(t.remove(a), None);
+        assert_eq!(t.get(b), Some("b"));
+        let full = t.insert("c").unwrap_err();
+        assert_eq!(full.to_string(), "request table is full");
+        assert_eq!(full.into_inner(), "c");
     }
 }

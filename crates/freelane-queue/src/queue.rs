@@ -1,0 +1,378 @@
+//! `Queue<T>`: unbounded MPMC FIFO after Ramalhete and Correia's FAAArrayQueue.
+//!
+//! See the crate docs ("Implementation") for the protocol; every ordering below names its pair.
+
+use core::fmt;
+use core::marker::PhantomData;
+use core::mem::MaybeUninit;
+
+use crossbeam_epoch::{self as epoch, Atomic, Guard, Owned, Shared};
+use freelane_sync::atomic::{AtomicUsize, Ordering};
+use freelane_sync::cell::UnsafeCell;
+use freelane_sync::{Backoff, CachePadded};
+
+/// Slots per segment: 1024 normally, 2 under loom so models cross segment boundaries.
+pub(crate) const SEGMENT: usize = if freelane_sync::LOOM { 2 } else { 1024 };
+
+/// How long a consumer that claimed a slot whose producer has claimed but not yet written it
+/// waits (in `Backoff::spin` steps) before poisoning the slot. Poisoning is always safe; waiting a
+/// little avoids forcing the producer to retry on the next index under hand-off.
+const CONSUMER_PATIENCE: u32 = if freelane_sync::LOOM { 1 } else { 8 };
+
+/// Slot states. A slot goes `EMPTY -> WRITTEN -> TAKEN` (normal hand-off) or `EMPTY -> TAKEN`
+/// (poisoned by a consumer that arrived first; the producer then retries elsewhere).
+const EMPTY: usize = 0;
+const WRITTEN: usize = 1;
+const TAKEN: usize = 2;
+
+/// Live segments of every `Queue` in the process (allocated and not yet freed), for tests that
+/// check memory stays bounded. A plain std atomic touched once per `SEGMENT` items.
+static LIVE_SEGMENTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Number of queue segments currently allocated in this process (all queues together), including
+/// segments that are unlinked but whose reclamation the epoch collector has not run yet.
+///
+/// A diagnostic for tests and monitoring: while items stream through a queue, this stays bounded.
+pub fn live_segments() -> usize {
+    // Relaxed: a statistic; nothing is published through it.
+    LIVE_SEGMENTS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+struct Slot<T> {
+    state: AtomicUsize,
+    value: UnsafeCell<MaybeUninit<T>>,
+}
+
+struct Segment<T> {
+    /// Next index a consumer claims (may run past `SEGMENT`).
+    deq: CachePadded<AtomicUsize>,
+    /// Next index a producer claims (may run past `SEGMENT`).
+    enq: CachePadded<AtomicUsize>,
+    next: CachePadded<Atomic<Segment<T>>>,
+    slots: Box<[Slot<T>]>,
+}
+
+impl<T> Segment<T> {
+    /// A fresh segment; with `first`, slot 0 already holds it (written, `enq == 1`).
+    fn new(first: Option<T>) -> Self {
+        let slots: Box<[Slot<T>]> = (0..SEGMENT)
+            .map(|_| Slot {
+                state: AtomicUsize::new(EMPTY),
+                value: UnsafeCell::new(MaybeUninit::uninit()),
+            })
+            .collect();
+        let enq = match first {
+            Some(v) => {
+                // SAFETY: the segment is not shared yet; this is the only access to the slot.
+                slots[0].value.with_mut(|p| unsafe { (*p).write(v) });
+                // Relaxed: the segment is published later by a Release CAS on `next`/`head`.
+                slots[0].state.store(WRITTEN, Ordering::Relaxed);
+                1
+            }
+            None => 0,
+        };
+        // Relaxed: a statistic; nothing is published through it.
+        LIVE_SEGMENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self {
+            deq: CachePadded::new(AtomicUsize::new(0)),
+            enq: CachePadded::new(AtomicUsize::new(enq)),
+            next: CachePadded::new(Atomic::null()),
+            slots,
+        }
+    }
+
+    /// Takes back the value a failed segment install put in slot 0.
+    fn take_first(self) -> T {
+        // SAFETY: the segment was never shared (its install CAS failed) and slot 0 was written
+        // by `new(Some(..))`; reading it out moves the value back to the caller exactly once
+        // (a `Segment` never drops slot values itself).
+        self.slots[0]
+            .value
+            .with_mut(|p| unsafe { (*p).assume_init_read() })
+    }
+}
+
+impl<T> Drop for Segment<T> {
+    fn drop(&mut self) {
+        // Values are not dropped here: `Queue::drop` drops the written, untaken ones.
+        // Relaxed: a statistic; nothing is published through it.
+        LIVE_SEGMENTS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Unbounded multi-producer multi-consumer FIFO queue.
+///
+/// Lock-free; one fetch-and-add plus one CAS (push) or swap (pop) per operation in the common
+/// case; values live inline in 1024-slot segments (no allocation per item); unlinked segments are
+/// reclaimed with crossbeam-epoch. See the [crate docs](crate) for the guarantees and protocol.
+///
+/// ```
+/// let q = freelane_queue::Queue::new();
+/// q.push(1);
+/// q.push(2);
+/// assert_eq!(q.pop(), Some(1));
+/// assert_eq!(q.len(), 1);
+/// ```
+pub struct Queue<T> {
+    head: CachePadded<Atomic<Segment<T>>>,
+    tail: CachePadded<Atomic<Segment<T>>>,
+    _marker: PhantomData<T>,
+}
+
+// SAFETY: values of type `T` are moved between threads (push on one, pop on another), hence
+// `T: Send`; the queue never hands out `&T`, so `T: Sync` is not needed.
+unsafe impl<T: Send> Send for Queue<T> {}
+// SAFETY: as above; all shared state is atomics, or slot cells whose access is ordered by the
+// slot state protocol.
+unsafe impl<T: Send> Sync for Queue<T> {}
+
+impl<T> Queue<T> {
+    /// An empty queue (allocates its first segment).
+    pub fn new() -> Self {
+        let first = Owned::new(Segment::new(None));
+        // SAFETY: no other thread can see the queue yet; converting without a pin is fine
+        // because nothing can reclaim the segment before the queue is shared.
+        let first = first.into_shared(unsafe { epoch::unprotected() });
+        Self {
+            head: CachePadded::new(Atomic::from(first)),
+            tail: CachePadded::new(Atomic::from(first)),
+            _marker: PhantomData,
+        }
+    }
+
+    /// Appends `value` at the tail. Never blocks; allocates one segment per `SEGMENT` pushes.
+    pub fn push(&self, value: T) {
+        let guard = &epoch::pin();
+        let mut value = value;
+        loop {
+            // Acquire: pairs with the Release CAS that installed this segment as tail, so its
+            // initialisation (slots, indices) is visible.
+            let tail = self.tail.load(Ordering::Acquire, guard);
+            // SAFETY: tail is never null, and the segment is not freed while we are pinned: it
+            // is only retired after head has moved past it, which requires tail to have moved
+            // past it first (see `advance_head`), and retirement happens after we loaded it.
+            let seg = unsafe { tail.deref() };
+            // SeqCst: the index FAAs and the empty check's loads form one total order, which the
+            // linearizability argument of `pop`'s empty pre-check uses (no cost over AcqRel on
+            // x86: a locked RMW either way).
+            let idx = seg.enq.fetch_add(1, Ordering::SeqCst);
+            if idx < SEGMENT {
+                let slot = &seg.slots[idx];
+                // SAFETY: index `idx` was claimed by our FAA, so no other producer writes this
+                // cell; a consumer reads it only after seeing WRITTEN, which we have not set yet.
+                slot.value.with_mut(|p| unsafe { (*p).write(value) });
+                // Release (success): publishes the value to the consumer's Acquire swap in `pop`.
+                // Relaxed (failure): we only learn that a consumer poisoned the slot; it never
+                // touched the cell, and we read back our own write below.
+                match slot.state.compare_exchange(
+                    EMPTY,
+                    WRITTEN,
+                    Ordering::Release,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => return,
+                    Err(_) => {
+                        // SAFETY: the slot is TAKEN (poisoned) without having been read, so the
+                        // value we wrote is still there and only we know it: move it back out.
+                        value = slot.value.with_mut(|p| unsafe { (*p).assume_init_read() });
+                        continue;
+                    }
+                }
+            }
+            // This segment is full: link a new one (holding our value) or help the one there.
+            // Acquire: pairs with the Release CAS that linked `next`, making it initialised.
+            let next = seg.next.load(Ordering::Acquire, guard);
+            if next.is_null() {
+                let new = Owned::new(Segment::new(Some(value)));
+                // Release (success): publishes the new segment (and our value in slot 0) to the
+                // Acquire loads of `next` and `tail`. Acquire (failure): makes the competitor's
+                // segment initialised before we help move tail onto it.
+                match seg.next.compare_exchange(
+                    Shared::null(),
+                    new,
+                    Ordering::Release,
+                    Ordering::Acquire,
+                    guard,
+                ) {
+                    Ok(new) => {
+                        // Release: publishes the segment to producers' Acquire load of `tail`.
+                        // Failure means someone else already moved tail on (to `new`).
+                        let _ = self.tail.compare_exchange(
+                            tail,
+                            new,
+                            Ordering::Release,
+                            Ordering::Relaxed,
+                            guard,
+                        );
+                        return;
+                    }
+                    Err(e) => {
+                        // `e.new` was never shared: take our value back out of it.
+                        value = e.new.into_box().take_first();
+                        // Release: as above, helping a lagging tail forward.
+                        let _ = self.tail.compare_exchange(
+                            tail,
+                            e.current,
+                            Ordering::Release,
+                            Ordering::Relaxed,
+                            guard,
+                        );
+                    }
+                }
+            } else {
+                // Release: as above, helping a lagging tail forward.
+                let _ = self.tail.compare_exchange(
+                    tail,
+                    next,
+                    Ordering::Release,
+                    Ordering::Relaxed,
+                    guard,
+                );
+            }
+        }
+    }
+
+    /// Removes the value at the head, or `None` when the queue is empty. Never blocks.
+    pub fn pop(&self) -> Option<T> {
+        let guard = &epoch::pin();
+        loop {
+            // Acquire: pairs with the Release CAS in `advance_head`, making the segment's
+            // initialisation visible.
+            let head = self.head.load(Ordering::Acquire, guard);
+            // SAFETY: head is never null and is only retired after it stops being head, after
+            // we loaded it; we stay pinned while using it.
+            let seg = unsafe { head.deref() };
+            // Empty pre-check, so that pops on an empty queue do not burn slots.
+            // SeqCst loads: in the same total order as the index FAAs (see `push`).
+            let deq = seg.deq.load(Ordering::SeqCst);
+            let enq = seg.enq.load(Ordering::SeqCst);
+            if deq >= enq && seg.next.load(Ordering::SeqCst, guard).is_null() {
+                return None;
+            }
+            // SeqCst: see `push`.
+            let idx = seg.deq.fetch_add(1, Ordering::SeqCst);
+            if idx < SEGMENT {
+                let slot = &seg.slots[idx];
+                // If a producer has claimed this index but not written it yet, wait a little
+                // rather than poisoning it (which would send the producer to the next index).
+                // Relaxed: only a hint; the swap below is what synchronizes.
+                if slot.state.load(Ordering::Relaxed) == EMPTY
+                    && seg.enq.load(Ordering::Relaxed) > idx
+                {
+                    let mut backoff = Backoff::new();
+                    for _ in 0..CONSUMER_PATIENCE {
+                        backoff.spin();
+                        // Relaxed: only a hint, as above.
+                        if slot.state.load(Ordering::Relaxed) != EMPTY {
+                            break;
+                        }
+                    }
+                }
+                // Acquire: pairs with the producer's Release CAS to WRITTEN, so the value write
+                // happens-before our read. (No Release needed: slots are never reused.)
+                if slot.state.swap(TAKEN, Ordering::Acquire) == WRITTEN {
+                    // SAFETY: we saw WRITTEN and replaced it with TAKEN, so we are the only
+                    // reader of this initialised value and nobody writes the cell again.
+                    return Some(slot.value.with(|p| unsafe { (*p).assume_init_read() }));
+                }
+                // Poisoned an unwritten slot: its producer retries elsewhere. Try again.
+                continue;
+            }
+            // This segment is used up: move head to the next one, or report empty.
+            // Acquire: pairs with the Release CAS that linked `next`.
+            let next = seg.next.load(Ordering::Acquire, guard);
+            if next.is_null() {
+                return None;
+            }
+            self.advance_head(head, next, guard);
+        }
+    }
+
+    /// Moves head from the used-up segment `head` to `next` and retires `head`.
+    fn advance_head<'g>(
+        &self,
+        head: Shared<'g, Segment<T>>,
+        next: Shared<'g, Segment<T>>,
+        guard: &'g Guard,
+    ) {
+        // Tail must never point to a retired segment: move it on first if it lags at `head`.
+        // Acquire (load): pairs with tail's Release CASes; Release (CAS): publishes `next`
+        // (already initialised, we read it with Acquire) to producers' Acquire load of tail.
+        if self.tail.load(Ordering::Acquire, guard) == head {
+            let _ =
+                self.tail
+                    .compare_exchange(head, next, Ordering::Release, Ordering::Relaxed, guard);
+        }
+        // Release: publishes `next` to the Acquire load of head in `pop`.
+        if self
+            .head
+            .compare_exchange(head, next, Ordering::Release, Ordering::Relaxed, guard)
+            .is_ok()
+        {
+            // SAFETY: `head` is now unreachable from the queue (head and tail are past it and
+            // links only point forward), so no thread that pins from now on can load it; threads
+            // pinned now are covered by the epoch. Its remaining consumers (claimed indices)
+            // are pinned. Exactly one CAS wins, so it is retired once.
+            unsafe { guard.defer_destroy(head) };
+        }
+    }
+
+    /// Number of items: exact when no operation is in progress, otherwise an estimate.
+    pub fn len(&self) -> usize {
+        let guard = &epoch::pin();
+        // Acquire: as in `pop`.
+        let mut cur = self.head.load(Ordering::Acquire, guard);
+        let mut n = 0usize;
+        // SAFETY: segments reachable from head are not retired while we are pinned.
+        while let Some(seg) = unsafe { cur.as_ref() } {
+            // SeqCst: as in `pop`'s empty check.
+            let deq = seg.deq.load(Ordering::SeqCst).min(SEGMENT);
+            let enq = seg.enq.load(Ordering::SeqCst).min(SEGMENT);
+            n += enq.saturating_sub(deq);
+            // Acquire: pairs with the Release CAS that linked `next`.
+            cur = seg.next.load(Ordering::Acquire, guard);
+        }
+        n
+    }
+
+    /// `true` when [`len`](Self::len) is 0.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<T> Drop for Queue<T> {
+    fn drop(&mut self) {
+        // SAFETY: `&mut self`: no other thread can access the queue; segments already retired
+        // are owned by the epoch collector and are not reachable from head.
+        let guard = unsafe { epoch::unprotected() };
+        let mut cur = self.head.load(Ordering::Relaxed, guard);
+        while !cur.is_null() {
+            // SAFETY: exclusive access (see above); each linked segment is visited once and
+            // freed by us, as it was never retired.
+            let seg = unsafe { cur.into_owned() }.into_box();
+            for slot in seg.slots.iter() {
+                // Relaxed: exclusive access; the thread handing us `&mut self` synchronized.
+                if slot.state.load(Ordering::Relaxed) == WRITTEN {
+                    // SAFETY: WRITTEN and never taken: initialised, dropped exactly once here.
+                    slot.value.with_mut(|p| unsafe { (*p).assume_init_drop() });
+                }
+            }
+            cur = seg.next.load(Ordering::Relaxed, guard);
+        }
+    }
+}
+
+impl<T> Default for Queue<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T> fmt::Debug for Queue<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Queue")
+            .field("len", &self.len())
+            .finish_non_exhaustive()
+    }
+}
