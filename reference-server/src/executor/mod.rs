@@ -2,6 +2,7 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod decode;
 pub mod engine;
 pub mod sim;
 
