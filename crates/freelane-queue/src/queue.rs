@@ -11,8 +11,12 @@ use freelane_sync::atomic::{AtomicUsize, Ordering};
 use freelane_sync::cell::UnsafeCell;
 use freelane_sync::{Backoff, CachePadded};
 
-/// Slots per segment: 1024 normally, 2 under loom so models cross segment boundaries.
+/// Slots per segment for small items: 1024 normally, 2 under loom so models cross segment
+/// boundaries. Large items get fewer slots per segment (see `Segment::LEN`).
 pub(crate) const SEGMENT: usize = if freelane_sync::LOOM { 2 } else { 1024 };
+
+/// Largest segment payload we aim for with large items (bytes of slots).
+const SEGMENT_BYTES: usize = 64 * 1024;
 
 /// How long a consumer that claimed a slot whose producer has claimed but not yet written it
 /// waits (in `Backoff::spin` steps) before poisoning the slot. Poisoning is always safe; waiting a
@@ -53,9 +57,22 @@ struct Segment<T> {
 }
 
 impl<T> Segment<T> {
+    /// Slots in a segment of `T`s: `SEGMENT`, or fewer (at least 32) when that would exceed
+    /// `SEGMENT_BYTES`, so that retired segments awaiting reclamation stay small.
+    const LEN: usize = {
+        let slot = core::mem::size_of::<Slot<T>>();
+        if freelane_sync::LOOM || slot * SEGMENT <= SEGMENT_BYTES {
+            SEGMENT
+        } else if SEGMENT_BYTES / slot > 32 {
+            SEGMENT_BYTES / slot
+        } else {
+            32
+        }
+    };
+
     /// A fresh segment; with `first`, slot 0 already holds it (written, `enq == 1`).
     fn new(first: Option<T>) -> Self {
-        let slots: Box<[Slot<T>]> = (0..SEGMENT)
+        let slots: Box<[Slot<T>]> = (0..Self::LEN)
             .map(|_| Slot {
                 state: AtomicUsize::new(EMPTY),
                 value: UnsafeCell::new(MaybeUninit::uninit()),
@@ -156,7 +173,7 @@ impl<T> Queue<T> {
             // linearizability argument of `pop`'s empty pre-check uses (no cost over AcqRel on
             // x86: a locked RMW either way).
             let idx = seg.enq.fetch_add(1, Ordering::SeqCst);
-            if idx < SEGMENT {
+            if idx < Segment::<T>::LEN {
                 let slot = &seg.slots[idx];
                 // SAFETY: index `idx` was claimed by our FAA, so no other producer writes this
                 // cell; a consumer reads it only after seeing WRITTEN, which we have not set yet.
@@ -251,7 +268,7 @@ impl<T> Queue<T> {
             }
             // SeqCst: see `push`.
             let idx = seg.deq.fetch_add(1, Ordering::SeqCst);
-            if idx < SEGMENT {
+            if idx < Segment::<T>::LEN {
                 let slot = &seg.slots[idx];
                 // If a producer has claimed this index but not written it yet, wait a little
                 // rather than poisoning it (which would send the producer to the next index).
@@ -314,6 +331,9 @@ impl<T> Queue<T> {
             // pinned now are covered by the epoch. Its remaining consumers (claimed indices)
             // are pinned. Exactly one CAS wins, so it is retired once.
             unsafe { guard.defer_destroy(head) };
+            // Hand the retired segment to the global collector now rather than when this
+            // thread's local bag fills up (64 entries), so garbage stays small. Once per segment.
+            guard.flush();
         }
     }
 
@@ -326,8 +346,8 @@ impl<T> Queue<T> {
         // SAFETY: segments reachable from head are not retired while we are pinned.
         while let Some(seg) = unsafe { cur.as_ref() } {
             // SeqCst: as in `pop`'s empty check.
-            let deq = seg.deq.load(Ordering::SeqCst).min(SEGMENT);
-            let enq = seg.enq.load(Ordering::SeqCst).min(SEGMENT);
+            let deq = seg.deq.load(Ordering::SeqCst).min(Segment::<T>::LEN);
+            let enq = seg.enq.load(Ordering::SeqCst).min(Segment::<T>::LEN);
             n += enq.saturating_sub(deq);
             // Acquire: pairs with the Release CAS that linked `next`.
             cur = seg.next.load(Ordering::Acquire, guard);
