@@ -1,0 +1,226 @@
+//! Unit tests of the state machine rules, named for the rule they check.
+
+use std::time::{Duration, Instant};
+
+use crate::{Cause, GpuId, GpuState, HealthConfig, HealthError, HealthTable};
+
+const G0: GpuId = GpuId(0);
+
+fn config() -> HealthConfig {
+    HealthConfig::builder()
+        .degrade_after_failures(2)
+        .unhealthy_after_failures(4)
+        .degraded_error_rate(0.9)
+        .unhealthy_error_rate(0.99)
+        .ewma_alpha(0.1)
+        .recover_after_successes(3)
+        .recover_after_heartbeats(2)
+        .heartbeat_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap()
+}
+
+fn table(gpus: usize) -> (HealthTable, Instant) {
+    let t0 = Instant::now();
+    (HealthTable::with_epoch(gpus, config(), t0), t0)
+}
+
+fn ms(t0: Instant, ms: u64) -> Instant {
+    t0 + Duration::from_millis(ms)
+}
+
+#[test]
+fn consecutive_failures_degrade_then_fail_over() {
+    let (t, _) = table(1);
+    assert_eq!(t.report_failure(G0).unwrap(), None);
+    let tr = t.report_failure(G0).unwrap().unwrap();
+    assert_eq!(
+        (tr.from, tr.to, tr.cause),
+        (GpuState::Healthy, GpuState::Degraded, Cause::Failures)
+    );
+    assert!(t.is_usable(G0));
+    assert_eq!(t.report_failure(G0).unwrap(), None);
+    let tr = t.report_failure(G0).unwrap().unwrap();
+    assert_eq!((tr.from, tr.to), (GpuState::Degraded, GpuState::Unhealthy));
+    assert!(!t.is_usable(G0));
+    let rec = t.record(G0).unwrap();
+    assert_eq!((rec.failures, rec.consecutive_failures), (4, 4));
+    assert_eq!(rec.state(), GpuState::Unhealthy);
+    assert_eq!(t.transitions(G0).unwrap().failovers(), 1);
+}
+
+#[test]
+fn error_rate_ewma_degrades_without_consecutive_failures() {
+    let c = HealthConfig::builder()
+        .degrade_after_failures(100)
+        .unhealthy_after_failures(200)
+        .degraded_error_rate(0.3)
+        .unhealthy_error_rate(0.6)
+        .ewma_alpha(0.5)
+        .build()
+        .unwrap();
+    let t = HealthTable::new(1, c);
+    // fail, succeed, fail: EWMA 0.5, 0.25, 0.625; consecutive failures never exceed 1.
+    assert_eq!(
+        t.report_failure(G0).unwrap().map(|x| x.cause),
+        Some(Cause::ErrorRate)
+    );
+    assert_eq!(
+        t.report_success(G0, Duration::from_millis(1)).unwrap(),
+        None
+    );
+    let tr = t.report_failure(G0).unwrap().unwrap();
+    assert_eq!((tr.to, tr.cause), (GpuState::Unhealthy, Cause::ErrorRate));
+}
+
+#[test]
+fn successes_restore_degraded_to_healthy() {
+    let (t, _) = table(1);
+    t.report_failure(G0).unwrap();
+    t.report_failure(G0).unwrap();
+    assert_eq!(t.state(G0), GpuState::Degraded);
+    assert_eq!(
+        t.report_success(G0, Duration::from_micros(5)).unwrap(),
+        None
+    );
+    assert_eq!(
+        t.report_success(G0, Duration::from_micros(5)).unwrap(),
+        None
+    );
+    let tr = t
+        .report_success(G0, Duration::from_micros(5))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (tr.from, tr.to, tr.cause),
+        (GpuState::Degraded, GpuState::Healthy, Cause::Successes)
+    );
+    assert_eq!(t.record(G0).unwrap().latency_ewma_ns, 5000.0);
+}
+
+#[test]
+fn heartbeats_move_unhealthy_to_recovering_and_successes_to_healthy() {
+    let (t, t0) = table(1);
+    t.mark_unhealthy(G0).unwrap();
+    assert_eq!(t.heartbeat(G0, ms(t0, 100)).unwrap(), None);
+    let tr = t.heartbeat(G0, ms(t0, 200)).unwrap().unwrap();
+    assert_eq!((tr.to, tr.cause), (GpuState::Recovering, Cause::Heartbeats));
+    assert!(t.is_usable(G0), "recovering gpus are usable as probes");
+    let rec = t.record(G0).unwrap();
+    assert_eq!((rec.error_rate, rec.consecutive_failures), (0.0, 0));
+    for _ in 0..2 {
+        assert_eq!(t.report_success(G0, Duration::ZERO).unwrap(), None);
+    }
+    let tr = t.report_success(G0, Duration::ZERO).unwrap().unwrap();
+    assert_eq!((tr.from, tr.to), (GpuState::Recovering, GpuState::Healthy));
+    let c = t.transitions(G0).unwrap();
+    assert_eq!((c.failovers(), c.recoveries(), c.total()), (1, 1, 3));
+}
+
+#[test]
+fn a_failed_probe_fails_over_again() {
+    let (t, t0) = table(1);
+    t.mark_unhealthy(G0).unwrap();
+    t.heartbeat(G0, ms(t0, 1)).unwrap();
+    t.heartbeat(G0, ms(t0, 2)).unwrap();
+    assert_eq!(t.state(G0), GpuState::Recovering);
+    let tr = t.report_failure(G0).unwrap().unwrap();
+    assert_eq!(
+        (tr.from, tr.to, tr.cause),
+        (GpuState::Recovering, GpuState::Unhealthy, Cause::Failures)
+    );
+    assert_eq!(t.record(G0).unwrap().heartbeats_since_unhealthy, 0);
+}
+
+#[test]
+fn missed_heartbeats_fail_over_only_silent_gpus() {
+    let (t, t0) = table(3);
+    t.heartbeat(GpuId(1), ms(t0, 900)).unwrap();
+    assert!(t.check_heartbeats(ms(t0, 999)).is_empty());
+    let moved = t.check_heartbeats(ms(t0, 1000));
+    assert_eq!(moved.len(), 2);
+    assert!(moved
+        .iter()
+        .all(|m| m.cause == Cause::MissedHeartbeats && m.gpu != GpuId(1)));
+    assert!(t.is_usable(GpuId(1)));
+    assert_eq!(t.usable_gpus().collect::<Vec<_>>(), vec![GpuId(1)]);
+    // The two silent GPUs are already unhealthy (no second transition); GPU 1 is still fresh.
+    assert!(t.check_heartbeats(ms(t0, 1899)).is_empty());
+    let moved = t.check_heartbeats(ms(t0, 1900));
+    assert_eq!(
+        moved.iter().map(|m| m.gpu).collect::<Vec<_>>(),
+        vec![GpuId(1)]
+    );
+    assert_eq!(t.total_transitions().failovers(), 3);
+}
+
+#[test]
+fn a_heartbeat_timeout_restarts_the_recovery_countdown() {
+    let (t, t0) = table(1);
+    t.mark_unhealthy(G0).unwrap();
+    t.heartbeat(G0, ms(t0, 10)).unwrap();
+    assert_eq!(t.record(G0).unwrap().heartbeats_since_unhealthy, 1);
+    assert!(t.check_heartbeats(ms(t0, 2000)).is_empty());
+    assert_eq!(t.record(G0).unwrap().heartbeats_since_unhealthy, 0);
+    assert_eq!(t.heartbeat(G0, ms(t0, 2001)).unwrap(), None);
+    assert_eq!(
+        t.heartbeat(G0, ms(t0, 2002)).unwrap().map(|x| x.to),
+        Some(GpuState::Recovering)
+    );
+}
+
+#[test]
+fn mark_unhealthy_on_an_unhealthy_gpu_counts_no_transition() {
+    let (t, _) = table(1);
+    assert!(t.mark_unhealthy(G0).unwrap().is_some());
+    assert!(t.mark_unhealthy(G0).unwrap().is_none());
+    assert_eq!(t.transitions(G0).unwrap().total(), 1);
+    assert_eq!(t.record(G0).unwrap().failures, 2);
+}
+
+#[test]
+fn unknown_gpus_are_unusable_and_errors_not_panics() {
+    let (t, t0) = table(2);
+    let g = GpuId(5);
+    assert!(!t.is_usable(g));
+    assert_eq!(t.state(g), GpuState::Unhealthy);
+    let e = HealthError::UnknownGpu { gpu: g, gpus: 2 };
+    assert_eq!(t.record(g).unwrap_err(), e);
+    assert_eq!(t.report_failure(g).unwrap_err(), e);
+    assert_eq!(t.report_success(g, Duration::ZERO).unwrap_err(), e);
+    assert_eq!(t.heartbeat(g, t0).unwrap_err(), e);
+    assert_eq!(t.mark_unhealthy(g).unwrap_err(), e);
+    assert!(t.transitions(g).is_err());
+    assert!(t.report_resources(g, 1, None).is_err());
+    assert_eq!(e.to_string(), "unknown gpu5: the health table has 2 gpus");
+}
+
+#[test]
+fn resources_are_recorded_without_state_change() {
+    let (t, _) = table(1);
+    assert_eq!(t.record(G0).unwrap().temperature(), None);
+    t.report_resources(G0, 1 << 30, Some(71.5)).unwrap();
+    let r = t.record(G0).unwrap();
+    assert_eq!(
+        (r.memory_used_bytes, r.temperature()),
+        (1 << 30, Some(71.5))
+    );
+    assert_eq!(r.state(), GpuState::Healthy);
+    assert_eq!(t.transitions(G0).unwrap().total(), 0);
+}
+
+#[test]
+fn times_before_the_epoch_count_as_the_epoch() {
+    let t0 = Instant::now();
+    let t = HealthTable::with_epoch(1, config(), t0 + Duration::from_secs(10));
+    t.heartbeat(G0, t0).unwrap();
+    assert_eq!(t.record(G0).unwrap().last_heartbeat_ns, 0);
+}
+
+#[test]
+fn table_and_seqlock_are_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<HealthTable>();
+    check::<crate::SeqLock<crate::GpuRecord>>();
+    assert_eq!(std::mem::size_of::<crate::GpuRecord>(), 72);
+}
