@@ -1,0 +1,644 @@
+//! The shared core: the ring, the statistics, the writer, the drainer thread and the guard.
+
+use std::fmt;
+use std::io::{self, Write};
+use std::time::Duration;
+
+use freelane_sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use freelane_sync::sync::{Arc, Mutex};
+use freelane_sync::{Backoff, CachePadded};
+use tracing_core::Level;
+
+use crate::record::{self, ClockCache, Record};
+use crate::ring::{PushError, Ring};
+
+/// What a caller does when the ring is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Overflow {
+    /// Drop the event and count it ([`Stats::dropped`] is exact). The caller never waits.
+    /// Levels at or above [`Builder::never_drop`] are written synchronously instead.
+    #[default]
+    Drop,
+    /// Wait for room (lossless). The caller spins, then yields, until the drainer frees a slot.
+    Block,
+}
+
+/// Why a [`Builder`] refused its settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// The capacity must be between 2 and 2^24 slots.
+    Capacity(usize),
+    /// The batch size must be at least 1.
+    Batch(usize),
+    /// The drainer thread could not be started.
+    Spawn(String),
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Capacity(c) => write!(f, "capacity must be between 2 and 16777216, got {c}"),
+            Self::Batch(b) => write!(f, "batch size must be at least 1, got {b}"),
+            Self::Spawn(e) => write!(f, "could not start the log writer thread: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for BuildError {}
+
+/// Why [`Guard::shutdown`] did not confirm a complete flush.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ShutdownError {
+    /// The drainer had not finished within the timeout (the writer is slow or blocked); it keeps
+    /// draining in the background. The statistics at the time of the timeout are attached.
+    TimedOut(Stats),
+}
+
+impl fmt::Display for ShutdownError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::TimedOut(s) => write!(
+                f,
+                "log writer did not finish within the timeout ({} events still queued)",
+                s.depth
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ShutdownError {}
+
+/// Counters of a logger, readable at any time ([`Logger::stats`], [`Guard::stats`]).
+///
+/// Once a logger is shut down and its callers are quiescent,
+/// `emitted == written + dropped + failed` and `depth == 0`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stats {
+    /// Events (and raw writes) submitted by callers.
+    pub emitted: u64,
+    /// Lines handed to the writer successfully (by the drainer or by a synchronous fallback).
+    pub written: u64,
+    /// Events dropped because the ring was full (`Overflow::Drop`) or the logger was shut down.
+    pub dropped: u64,
+    /// Events whose write failed (they were in a batch the writer returned an error for).
+    pub failed: u64,
+    /// Events written synchronously by their caller because the ring was full or closed and their
+    /// level is never dropped (included in `written` or `failed`).
+    pub sync_writes: u64,
+    /// Write or flush calls that returned an error (or panicked).
+    pub writer_errors: u64,
+    /// The deepest the drainer found the ring (events waiting) at the start of a batch.
+    pub max_depth: u64,
+    /// Events accepted into the ring and not yet consumed by the drainer.
+    pub depth: u64,
+    /// The ring's capacity.
+    pub capacity: u64,
+}
+
+/// Configures a logger: capacity, overflow policy, never-dropped levels, batch size, timeouts.
+#[derive(Debug, Clone)]
+pub struct Builder {
+    capacity: usize,
+    overflow: Overflow,
+    never_drop: Option<Level>,
+    batch: usize,
+    idle: Duration,
+    shutdown_timeout: Duration,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Builder {
+    /// Defaults: 16384 slots, [`Overflow::Drop`] with ERROR never dropped, batches of up to 512
+    /// events, the drainer polls at most every 1 ms when idle, 10 s shutdown timeout on drop.
+    pub fn new() -> Self {
+        Self {
+            capacity: if freelane_sync::LOOM { 2 } else { 16_384 },
+            overflow: Overflow::Drop,
+            never_drop: Some(Level::ERROR),
+            batch: 512,
+            idle: Duration::from_millis(1),
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Ring capacity in events (rounded up to a power of two; 2 ..= 2^24).
+    pub fn capacity(mut self, capacity: usize) -> Self {
+        self.capacity = capacity;
+        self
+    }
+
+    /// What to do when the ring is full.
+    pub fn overflow(mut self, overflow: Overflow) -> Self {
+        self.overflow = overflow;
+        self
+    }
+
+    /// Levels at or above `level` in severity (e.g. `Some(Level::WARN)`: WARN and ERROR) are
+    /// never dropped: when the ring is full or closed they are written synchronously by the
+    /// caller (possibly out of order with queued events). `None`: every level may be dropped.
+    pub fn never_drop(mut self, level: Option<Level>) -> Self {
+        self.never_drop = level;
+        self
+    }
+
+    /// Most events rendered into one `write` call.
+    pub fn batch(mut self, batch: usize) -> Self {
+        self.batch = batch;
+        self
+    }
+
+    /// How long the idle drainer sleeps between polls (it is also woken by flushes, shutdown,
+    /// a full ring, and every capacity/16 events).
+    pub fn idle_poll(mut self, idle: Duration) -> Self {
+        self.idle = idle;
+        self
+    }
+
+    /// How long dropping the [`Guard`] waits for the drainer to write everything.
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// Starts a logger writing to `writer`; returns its handle and the guard that flushes it.
+    pub fn build<W: Write + Send + 'static>(
+        self,
+        writer: W,
+    ) -> Result<(Logger, Guard), BuildError> {
+        if !(2..=1 << 24).contains(&self.capacity) {
+            return Err(BuildError::Capacity(self.capacity));
+        }
+        if self.batch == 0 {
+            return Err(BuildError::Batch(self.batch));
+        }
+        let capacity = self.capacity.next_power_of_two();
+        let shared = Arc::new(Shared {
+            ring: Ring::new(capacity),
+            overflow: self.overflow,
+            never_drop: self.never_drop,
+            wake_every: (capacity / 16).max(1),
+            writer: Mutex::new(Box::new(writer)),
+            dropped: CachePadded::new(AtomicU64::new(0)),
+            sync_writes: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            writer_errors: AtomicU64::new(0),
+            max_depth: AtomicU64::new(0),
+            flushed: CachePadded::new(AtomicU64::new(0)),
+            flush_requested: AtomicBool::new(false),
+            done: AtomicBool::new(false),
+            last_error: Mutex::new(None),
+            parker: Parker::new(),
+        });
+        let drainer = {
+            let shared = Arc::clone(&shared);
+            let (batch, idle) = (self.batch, self.idle);
+            spawn_drainer(move || drain_loop(&shared, batch, idle))?
+        };
+        let logger = Logger {
+            shared: Arc::clone(&shared),
+        };
+        let guard = Guard {
+            shared,
+            drainer: Some(drainer),
+            timeout: self.shutdown_timeout,
+        };
+        Ok((logger, guard))
+    }
+}
+
+#[cfg(not(freelane_loom))]
+fn spawn_drainer(
+    f: impl FnOnce() + Send + 'static,
+) -> Result<freelane_sync::thread::JoinHandle<()>, BuildError> {
+    std::thread::Builder::new()
+        .name("freelane-log".into())
+        .spawn(f)
+        .map_err(|e| BuildError::Spawn(e.to_string()))
+}
+
+#[cfg(freelane_loom)]
+fn spawn_drainer(
+    f: impl FnOnce() + Send + 'static,
+) -> Result<freelane_sync::thread::JoinHandle<()>, BuildError> {
+    Ok(freelane_sync::thread::spawn(f))
+}
+
+/// Lets the drainer sleep when idle and callers wake it. Under loom, sleeping is a yield.
+struct Parker {
+    sleeping: AtomicBool,
+    #[cfg(not(freelane_loom))]
+    thread: std::sync::OnceLock<std::thread::Thread>,
+}
+
+impl Parker {
+    fn new() -> Self {
+        Self {
+            sleeping: AtomicBool::new(false),
+            #[cfg(not(freelane_loom))]
+            thread: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Wakes the drainer if it is (about to be) asleep. A lost race only delays the drainer by
+    /// one idle poll, never loses an event.
+    #[inline]
+    fn wake(&self) {
+        // Relaxed: a hint; the drainer re-checks the ring itself, and its sleep is bounded.
+        if self.sleeping.load(Ordering::Relaxed) {
+            self.wake_now();
+        }
+    }
+
+    #[cold]
+    fn wake_now(&self) {
+        // Relaxed: see `wake`.
+        self.sleeping.store(false, Ordering::Relaxed);
+        #[cfg(not(freelane_loom))]
+        if let Some(t) = self.thread.get() {
+            t.unpark();
+        }
+    }
+
+    /// Sleeps up to `idle` unless `ready()` says there is work (checked after announcing sleep).
+    fn sleep(&self, idle: Duration, ready: impl Fn() -> bool) {
+        // Relaxed: see `wake`; a missed wake-up costs at most `idle`.
+        self.sleeping.store(true, Ordering::Relaxed);
+        if !ready() {
+            #[cfg(not(freelane_loom))]
+            std::thread::park_timeout(idle);
+            #[cfg(freelane_loom)]
+            {
+                let _ = idle;
+                freelane_sync::thread::yield_now();
+            }
+        }
+        // Relaxed: see `wake`.
+        self.sleeping.store(false, Ordering::Relaxed);
+    }
+}
+
+pub(crate) struct Shared {
+    ring: Ring<Record>,
+    overflow: Overflow,
+    never_drop: Option<Level>,
+    wake_every: usize,
+    writer: Mutex<Box<dyn Write + Send>>,
+    dropped: CachePadded<AtomicU64>,
+    sync_writes: AtomicU64,
+    written: AtomicU64,
+    failed: AtomicU64,
+    writer_errors: AtomicU64,
+    max_depth: AtomicU64,
+    /// Positions consumed and handed to the writer, followed by a writer flush.
+    flushed: CachePadded<AtomicU64>,
+    flush_requested: AtomicBool,
+    /// Set by the drainer when it exits.
+    done: AtomicBool,
+    last_error: Mutex<Option<String>>,
+    parker: Parker,
+}
+
+impl Shared {
+    /// Submits one event: `fill` captures it into a record (in a ring slot, or a temporary one
+    /// for a synchronous write). Never panics; never blocks unless the policy is `Block`.
+    #[inline]
+    pub(crate) fn submit<F: FnOnce(&mut Record)>(&self, level: Option<Level>, fill: F) {
+        let mut fill = match self.ring.try_push(fill) {
+            Ok(pos) => {
+                if pos % self.wake_every == 0 {
+                    self.parker.wake();
+                }
+                return;
+            }
+            Err((err, fill)) => {
+                if err == PushError::Full && self.overflow == Overflow::Block {
+                    fill
+                } else {
+                    return self.overflowed(level, fill);
+                }
+            }
+        };
+        // Block: wait for the drainer to free a slot.
+        let mut backoff = Backoff::new();
+        loop {
+            self.parker.wake_now();
+            backoff.snooze();
+            match self.ring.try_push(fill) {
+                Ok(_) => return,
+                Err((PushError::Full, f)) => fill = f,
+                Err((PushError::Closed, f)) => return self.overflowed(level, f),
+            }
+            #[cfg(not(freelane_loom))]
+            if backoff.is_completed() {
+                std::thread::sleep(Duration::from_micros(20));
+            }
+        }
+    }
+
+    #[cold]
+    fn overflowed(&self, level: Option<Level>, fill: impl FnOnce(&mut Record)) {
+        let keep = matches!((level, self.never_drop), (Some(l), Some(n)) if l <= n);
+        if !keep {
+            // Relaxed: a pure count, read by `stats`.
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        // Relaxed: a pure count, read by `stats`.
+        self.sync_writes.fetch_add(1, Ordering::Relaxed);
+        let mut rec = Record::default();
+        fill(&mut rec);
+        let mut out = Vec::with_capacity(rec.buf.len() + 128);
+        record::render(&rec, &mut out, &mut ClockCache::default());
+        let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let ok = guarded_write(&mut **w, &out, true);
+        drop(w);
+        self.account(1, ok);
+    }
+
+    /// Counts a written (or failed) group of `n` events.
+    fn account(&self, n: u64, result: Result<(), String>) {
+        match result {
+            // Relaxed (all): pure counts, read by `stats`.
+            Ok(()) => {
+                self.written.fetch_add(n, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.failed.fetch_add(n, Ordering::Relaxed);
+                self.writer_errors.fetch_add(1, Ordering::Relaxed);
+                *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+            }
+        }
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        let claimed = self.ring.claimed() as u64;
+        let consumed = self.ring.consumed() as u64;
+        // Relaxed (all): independent counters; a snapshot of stats is not atomic as a whole.
+        let dropped = self.dropped.load(Ordering::Relaxed);
+        let sync_writes = self.sync_writes.load(Ordering::Relaxed);
+        Stats {
+            emitted: claimed + dropped + sync_writes,
+            written: self.written.load(Ordering::Relaxed),
+            dropped,
+            failed: self.failed.load(Ordering::Relaxed),
+            sync_writes,
+            writer_errors: self.writer_errors.load(Ordering::Relaxed),
+            max_depth: self.max_depth.load(Ordering::Relaxed),
+            depth: claimed.saturating_sub(consumed),
+            capacity: self.ring.capacity() as u64,
+        }
+    }
+
+    /// Waits until every event accepted before this call has been written and the writer
+    /// flushed, or the timeout passes. Returns whether it completed.
+    fn flush(&self, timeout: Option<Duration>) -> bool {
+        let target = self.ring.claimed() as u64;
+        let start = std::time::Instant::now();
+        let mut backoff = Backoff::new();
+        loop {
+            // Acquire: pairs with the drainer's Release store after writing and flushing.
+            if self.flushed.load(Ordering::Acquire) >= target {
+                return true;
+            }
+            // Acquire: pairs with the drainer's Release store on exit (its final flush).
+            if self.done.load(Ordering::Acquire) {
+                return self.flushed.load(Ordering::Acquire) >= target;
+            }
+            if timeout.is_some_and(|t| start.elapsed() >= t) {
+                return false;
+            }
+            // Relaxed: a request flag; the drainer publishes the result through `flushed`.
+            self.flush_requested.store(true, Ordering::Relaxed);
+            self.parker.wake_now();
+            backoff.snooze();
+            #[cfg(not(freelane_loom))]
+            if backoff.is_completed() {
+                std::thread::sleep(Duration::from_micros(100));
+            }
+        }
+    }
+}
+
+/// Writes `bytes` (and flushes if asked), turning errors and panics into an error message.
+fn guarded_write(w: &mut dyn Write, bytes: &[u8], flush: bool) -> Result<(), String> {
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        w.write_all(bytes)?;
+        if flush {
+            w.flush()?;
+        }
+        Ok::<(), io::Error>(())
+    }));
+    match r {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("the writer panicked".to_string()),
+    }
+}
+
+/// The drainer: pops batches, renders them, writes each batch with one call, flushes when idle.
+fn drain_loop(shared: &Shared, batch: usize, idle: Duration) {
+    #[cfg(not(freelane_loom))]
+    let _ = shared.parker.thread.set(std::thread::current());
+    let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut clock = ClockCache::default();
+    let mut dirty = false;
+    loop {
+        let depth = shared.ring.claimed().wrapping_sub(shared.ring.consumed()) as u64;
+        // Relaxed: only the drainer writes it; readers want a recent value, nothing more.
+        if depth > shared.max_depth.load(Ordering::Relaxed) {
+            shared.max_depth.store(depth, Ordering::Relaxed);
+        }
+        out.clear();
+        let mut n = 0u64;
+        while (n as usize) < batch {
+            // SAFETY: this thread is the ring's only consumer (no other code calls pop_with).
+            let popped = unsafe {
+                shared.ring.pop_with(|rec| {
+                    record::render(rec, &mut out, &mut clock);
+                    rec.clear();
+                    if rec.buf.capacity() > 4096 {
+                        rec.buf.shrink_to(1024);
+                    }
+                })
+            };
+            if !popped {
+                break;
+            }
+            n += 1;
+        }
+        if n > 0 {
+            let mut w = shared.writer.lock().unwrap_or_else(|e| e.into_inner());
+            let r = guarded_write(&mut **w, &out, false);
+            drop(w);
+            shared.account(n, r);
+            dirty = true;
+            if out.capacity() > 1 << 20 {
+                out = Vec::with_capacity(64 * 1024);
+            }
+        }
+        // Relaxed: a request flag (see `Shared::flush`).
+        let flush_requested = shared.flush_requested.load(Ordering::Relaxed);
+        let consumed = shared.ring.consumed();
+        let empty = consumed == shared.ring.claimed();
+        if (n as usize) < batch || flush_requested {
+            if dirty {
+                let mut w = shared.writer.lock().unwrap_or_else(|e| e.into_inner());
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.flush()));
+                drop(w);
+                if !matches!(r, Ok(Ok(()))) {
+                    // Relaxed: a pure count.
+                    shared.writer_errors.fetch_add(1, Ordering::Relaxed);
+                }
+                dirty = false;
+            }
+            // Relaxed: a request flag.
+            shared.flush_requested.store(false, Ordering::Relaxed);
+            // Release: publishes "everything before `consumed` was written and flushed" to the
+            // Acquire load in `Shared::flush`.
+            shared.flushed.store(consumed as u64, Ordering::Release);
+        }
+        if empty && shared.ring.is_closed() {
+            // Closed and everything claimed before the close has been consumed: done.
+            break;
+        }
+        if n == 0 {
+            let ring = &shared.ring;
+            shared.parker.sleep(idle, || {
+                ring.claimed() != ring.consumed() || ring.is_closed()
+            });
+        }
+    }
+    // Release: pairs with the Acquire loads in `flush` and `Guard::shutdown`.
+    shared.done.store(true, Ordering::Release);
+}
+
+/// A cheap, cloneable handle to a running logger: statistics, flush, and the front doors.
+#[derive(Clone)]
+pub struct Logger {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl Logger {
+    /// The current statistics (see [`Stats`]); lock-free, callable at any time.
+    pub fn stats(&self) -> Stats {
+        self.shared.stats()
+    }
+
+    /// Waits until everything accepted before this call is written and the writer flushed.
+    /// Returns `false` if the logger was shut down before that could happen.
+    pub fn flush(&self) -> bool {
+        self.shared.flush(None)
+    }
+
+    /// As [`flush`](Self::flush), giving up after `timeout`.
+    pub fn flush_timeout(&self, timeout: Duration) -> bool {
+        self.shared.flush(Some(timeout))
+    }
+
+    /// The last writer error's message, if any write ever failed.
+    pub fn last_writer_error(&self) -> Option<String> {
+        self.shared
+            .last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Submits raw bytes (one record, written verbatim) at `level` (for the never-drop policy).
+    pub fn write_raw(&self, level: Option<Level>, bytes: &[u8]) {
+        self.shared.submit(level, |rec| {
+            rec.clear();
+            rec.buf.extend_from_slice(bytes);
+        });
+    }
+}
+
+impl fmt::Debug for Logger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Logger")
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+/// Flushes and stops the logger when dropped (or on [`shutdown`](Guard::shutdown)): everything
+/// accepted before is written. Keep it alive for as long as you log (e.g. in `main`).
+#[must_use = "dropping the guard shuts the logger down at once; keep it alive while logging"]
+pub struct Guard {
+    shared: Arc<Shared>,
+    drainer: Option<freelane_sync::thread::JoinHandle<()>>,
+    timeout: Duration,
+}
+
+impl Guard {
+    /// The logger's current statistics.
+    pub fn stats(&self) -> Stats {
+        self.shared.stats()
+    }
+
+    /// Waits until everything accepted before this call is written and flushed.
+    pub fn flush(&self) -> bool {
+        self.shared.flush(None)
+    }
+
+    /// A handle to the logger (for stats from elsewhere, or more front doors).
+    pub fn logger(&self) -> Logger {
+        Logger {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Closes the logger and waits up to `timeout` for the drainer to write everything accepted
+    /// so far. Events submitted afterwards are counted as dropped (or written synchronously at
+    /// never-dropped levels). Returns the final statistics.
+    pub fn shutdown(mut self, timeout: Duration) -> Result<Stats, ShutdownError> {
+        self.close(Some(timeout))
+    }
+
+    fn close(&mut self, timeout: Option<Duration>) -> Result<Stats, ShutdownError> {
+        self.shared.ring.close();
+        self.shared.parker.wake_now();
+        let Some(handle) = self.drainer.take() else {
+            return Ok(self.shared.stats());
+        };
+        #[cfg(not(freelane_loom))]
+        if let Some(t) = timeout {
+            let start = std::time::Instant::now();
+            while !handle.is_finished() {
+                if start.elapsed() >= t {
+                    // Leave the drainer running in the background; it exits once done.
+                    return Err(ShutdownError::TimedOut(self.shared.stats()));
+                }
+                self.shared.parker.wake_now();
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+        #[cfg(freelane_loom)]
+        let _ = timeout;
+        let _ = handle.join();
+        Ok(self.shared.stats())
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let t = self.timeout;
+        let _ = self.close(Some(t));
+    }
+}
+
+impl fmt::Debug for Guard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Guard")
+            .field("stats", &self.stats())
+            .finish()
+    }
+}

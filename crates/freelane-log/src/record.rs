@@ -1,0 +1,432 @@
+//! The compact record a caller captures, and its rendering as one JSON line on the drainer.
+//!
+//! A record is a timestamp, the event's `&'static Metadata` (level, target and field names cost
+//! nothing to capture) and a byte buffer with the field values in a small binary encoding; the
+//! buffer lives in a ring slot and is reused, so capturing allocates nothing in steady state.
+//! Only `Debug`/`Display` values (the message, `?x` fields) are formatted on the caller, straight
+//! into that buffer; JSON escaping, number formatting and the timestamp are done by the drainer.
+
+use std::fmt::{self, Write as _};
+use std::io::Write as _;
+
+use tracing_core::field::{Field, Visit};
+use tracing_core::{Level, Metadata};
+
+/// What a record holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Kind {
+    /// Bytes written through the `MakeWriter` front door, written out verbatim.
+    #[default]
+    Raw,
+    /// A tracing event captured by the layer, rendered as JSON by the drainer.
+    Event,
+}
+
+/// A captured event or raw write.
+#[derive(Default)]
+pub(crate) struct Record {
+    pub(crate) kind: Kind,
+    /// Nanoseconds since the Unix epoch (events only).
+    pub(crate) timestamp: u64,
+    pub(crate) meta: Option<&'static Metadata<'static>>,
+    /// Raw bytes, or the encoded fields and spans of an event.
+    pub(crate) buf: Vec<u8>,
+}
+
+impl Record {
+    /// Resets the record for reuse, keeping the buffer's allocation.
+    pub(crate) fn clear(&mut self) {
+        self.kind = Kind::Raw;
+        self.timestamp = 0;
+        self.meta = None;
+        self.buf.clear();
+    }
+}
+
+// Encoding tags.
+const FIELD: u8 = b'f';
+const SPAN: u8 = b'S';
+const V_I64: u8 = b'i';
+const V_U64: u8 = b'u';
+const V_F64: u8 = b'd';
+const V_BOOL: u8 = b'b';
+const V_STR: u8 = b's';
+
+/// Appends a length-prefixed byte string.
+fn put_bytes(buf: &mut Vec<u8>, bytes: &[u8]) {
+    let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+    buf.extend_from_slice(&len.to_le_bytes());
+    buf.extend_from_slice(&bytes[..len as usize]);
+}
+
+/// `fmt::Write` into a byte buffer (formatting `Debug` values without an intermediate String).
+struct BufWriter<'a>(&'a mut Vec<u8>);
+
+impl fmt::Write for BufWriter<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// Records an event's fields into a record buffer.
+pub(crate) struct Encoder<'a> {
+    pub(crate) buf: &'a mut Vec<u8>,
+}
+
+impl Encoder<'_> {
+    fn field(&mut self, field: &Field, tag: u8) {
+        self.buf.push(FIELD);
+        self.buf
+            .push(u8::try_from(field.index()).unwrap_or(u8::MAX));
+        self.buf.push(tag);
+    }
+
+    /// Appends one span of the event's scope: its name and its pre-rendered JSON fields.
+    pub(crate) fn span(&mut self, name: &str, fields_json: &str) {
+        self.buf.push(SPAN);
+        put_bytes(self.buf, name.as_bytes());
+        put_bytes(self.buf, fields_json.as_bytes());
+    }
+}
+
+impl Visit for Encoder<'_> {
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.field(field, V_I64);
+        self.buf.extend_from_slice(&value.to_le_bytes());
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.field(field, V_U64);
+        self.buf.extend_from_slice(&value.to_le_bytes());
+    }
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.field(field, V_F64);
+        self.buf.extend_from_slice(&value.to_le_bytes());
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.field(field, V_BOOL);
+        self.buf.push(u8::from(value));
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.field(field, V_STR);
+        put_bytes(self.buf, value.as_bytes());
+    }
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.record_debug(field, &format_args!("{value}"));
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.field(field, V_STR);
+        let at = self.buf.len();
+        self.buf.extend_from_slice(&[0; 4]);
+        let _ = write!(BufWriter(self.buf), "{value:?}");
+        let len = u32::try_from(self.buf.len() - at - 4).unwrap_or(u32::MAX);
+        self.buf[at..at + 4].copy_from_slice(&len.to_le_bytes());
+    }
+}
+
+/// Renders span fields as the inside of a JSON object (`"a":1,"b":"x"`), appending to `out`.
+/// Used when a span is created or records values; the result is copied into each event record.
+pub(crate) struct JsonFields<'a> {
+    pub(crate) out: &'a mut String,
+}
+
+impl JsonFields<'_> {
+    fn key(&mut self, field: &Field) {
+        if !self.out.is_empty() {
+            self.out.push(',');
+        }
+        json_str_into_string(self.out, field.name());
+        self.out.push(':');
+    }
+}
+
+impl Visit for JsonFields<'_> {
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.key(field);
+        let _ = write!(self.out, "{value}");
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.key(field);
+        let _ = write!(self.out, "{value}");
+    }
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.key(field);
+        if value.is_finite() {
+            let _ = write!(self.out, "{value}");
+        } else {
+            let _ = write!(self.out, "\"{value}\"");
+        }
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.key(field);
+        let _ = write!(self.out, "{value}");
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.key(field);
+        json_str_into_string(self.out, value);
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.key(field);
+        json_str_into_string(self.out, &format!("{value:?}"));
+    }
+}
+
+fn json_str_into_string(out: &mut String, s: &str) {
+    let mut v = Vec::with_capacity(s.len() + 2);
+    json_str(&mut v, s.as_bytes());
+    // The escaper only emits valid UTF-8 for valid UTF-8 input.
+    out.push_str(&String::from_utf8_lossy(&v));
+}
+
+/// Appends `s` as a JSON string literal (quoted and escaped). Invalid UTF-8 is replaced.
+pub(crate) fn json_str(out: &mut Vec<u8>, s: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push(b'"');
+    let text = String::from_utf8_lossy(s);
+    let bytes = text.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let esc: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f => {
+                out.extend_from_slice(&bytes[start..i]);
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[(b >> 4) as usize]);
+                out.push(HEX[(b & 0xf) as usize]);
+                start = i + 1;
+                continue;
+            }
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        out.extend_from_slice(esc);
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+/// A cursor over an encoded buffer; every read is bounds-checked (a malformed buffer ends the
+/// rendering of that record early instead of panicking).
+struct Cursor<'a> {
+    buf: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn u8(&mut self) -> Option<u8> {
+        let b = *self.buf.get(self.at)?;
+        self.at += 1;
+        Some(b)
+    }
+    fn eight(&mut self) -> Option<[u8; 8]> {
+        let s = self.buf.get(self.at..self.at + 8)?;
+        self.at += 8;
+        s.try_into().ok()
+    }
+    fn bytes(&mut self) -> Option<&'a [u8]> {
+        let len = u32::from_le_bytes(self.buf.get(self.at..self.at + 4)?.try_into().ok()?);
+        self.at += 4;
+        let s = self.buf.get(self.at..self.at + len as usize)?;
+        self.at += len as usize;
+        Some(s)
+    }
+}
+
+fn level_str(level: &Level) -> &'static str {
+    match *level {
+        Level::ERROR => "ERROR",
+        Level::WARN => "WARN",
+        Level::INFO => "INFO",
+        Level::DEBUG => "DEBUG",
+        _ => "TRACE",
+    }
+}
+
+/// Renders `rec` into `out` as one line (events as JSON; raw bytes verbatim, a newline is not
+/// added). Returns `true` when something was rendered.
+pub(crate) fn render(rec: &Record, out: &mut Vec<u8>, clock: &mut ClockCache) {
+    match rec.kind {
+        Kind::Raw => out.extend_from_slice(&rec.buf),
+        Kind::Event => render_event(rec, out, clock),
+    }
+}
+
+fn render_event(rec: &Record, out: &mut Vec<u8>, clock: &mut ClockCache) {
+    let Some(meta) = rec.meta else {
+        return;
+    };
+    out.extend_from_slice(b"{\"timestamp\":\"");
+    clock.write_rfc3339(out, rec.timestamp);
+    out.extend_from_slice(b"\",\"level\":\"");
+    out.extend_from_slice(level_str(meta.level()).as_bytes());
+    out.extend_from_slice(b"\",\"fields\":{");
+    let mut c = Cursor {
+        buf: &rec.buf,
+        at: 0,
+    };
+    let mut first = true;
+    let mut spans: Vec<(&[u8], &[u8])> = Vec::new();
+    while let Some(tag) = c.u8() {
+        match tag {
+            FIELD => {
+                let (Some(idx), Some(vt)) = (c.u8(), c.u8()) else {
+                    break;
+                };
+                let name = meta
+                    .fields()
+                    .iter()
+                    .nth(idx as usize)
+                    .map_or("?", |f| f.name());
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                json_str(out, name.as_bytes());
+                out.push(b':');
+                let ok = match vt {
+                    V_I64 => c.eight().map(|b| {
+                        let _ = write!(out, "{}", i64::from_le_bytes(b));
+                    }),
+                    V_U64 => c.eight().map(|b| {
+                        let _ = write!(out, "{}", u64::from_le_bytes(b));
+                    }),
+                    V_F64 => c.eight().map(|b| {
+                        let v = f64::from_le_bytes(b);
+                        if v.is_finite() {
+                            let _ = write!(out, "{v}");
+                        } else {
+                            let _ = write!(out, "\"{v}\"");
+                        }
+                    }),
+                    V_BOOL => c.u8().map(|b| {
+                        out.extend_from_slice(if b != 0 { b"true" } else { b"false" });
+                    }),
+                    V_STR => c.bytes().map(|s| json_str(out, s)),
+                    _ => None,
+                };
+                if ok.is_none() {
+                    out.extend_from_slice(b"null");
+                    break;
+                }
+            }
+            SPAN => {
+                let (Some(name), Some(fields)) = (c.bytes(), c.bytes()) else {
+                    break;
+                };
+                spans.push((name, fields));
+            }
+            _ => break,
+        }
+    }
+    out.extend_from_slice(b"},\"target\":");
+    json_str(out, meta.target().as_bytes());
+    if let Some(&(name, fields)) = spans.last() {
+        out.extend_from_slice(b",\"span\":");
+        span_obj(out, name, fields);
+        out.extend_from_slice(b",\"spans\":[");
+        for (i, &(name, fields)) in spans.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            span_obj(out, name, fields);
+        }
+        out.push(b']');
+    }
+    out.extend_from_slice(b"}\n");
+}
+
+fn span_obj(out: &mut Vec<u8>, name: &[u8], fields: &[u8]) {
+    out.push(b'{');
+    out.extend_from_slice(fields);
+    if !fields.is_empty() {
+        out.push(b',');
+    }
+    out.extend_from_slice(b"\"name\":");
+    json_str(out, name);
+    out.push(b'}');
+}
+
+/// Caches the formatted date-and-time of the current second, so rendering a timestamp is mostly
+/// a copy plus six digits.
+#[derive(Default)]
+pub(crate) struct ClockCache {
+    second: u64,
+    prefix: [u8; 20], // "YYYY-MM-DDTHH:MM:SS."
+    valid: bool,
+}
+
+impl ClockCache {
+    /// Writes `nanos` since the epoch as `YYYY-MM-DDTHH:MM:SS.uuuuuuZ` (UTC).
+    pub(crate) fn write_rfc3339(&mut self, out: &mut Vec<u8>, nanos: u64) {
+        let secs = nanos / 1_000_000_000;
+        if !self.valid || secs != self.second {
+            let (days, rem) = (secs / 86_400, secs % 86_400);
+            let (y, m, d) = civil_from_days(days as i64);
+            let s = format!(
+                "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.",
+                rem / 3600,
+                rem % 3600 / 60,
+                rem % 60
+            );
+            let b = s.as_bytes();
+            let n = b.len().min(20);
+            self.prefix = [b'0'; 20];
+            self.prefix[..n].copy_from_slice(&b[..n]);
+            self.second = secs;
+            self.valid = true;
+        }
+        out.extend_from_slice(&self.prefix);
+        let micros = (nanos % 1_000_000_000) / 1_000;
+        let _ = write!(out, "{micros:06}Z");
+    }
+}
+
+/// Days since 1970-01-01 to (year, month, day) (Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// Nanoseconds since the Unix epoch now (0 if the clock is before 1970).
+#[inline]
+pub(crate) fn now_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_strings_are_escaped() {
+        let mut out = Vec::new();
+        json_str(&mut out, b"a\"b\\c\nd\x01e");
+        assert_eq!(out, br#""a\"b\\c\nd\u0001e""#);
+    }
+
+    #[test]
+    fn timestamps_render_as_rfc3339_utc() {
+        let mut c = ClockCache::default();
+        let mut out = Vec::new();
+        // 2021-01-01T00:00:00.123456Z
+        c.write_rfc3339(&mut out, 1_609_459_200_123_456_789);
+        assert_eq!(out, b"2021-01-01T00:00:00.123456Z");
+        out.clear();
+        c.write_rfc3339(&mut out, 951_782_400_000_000_000); // 2000-02-29
+        assert_eq!(out, b"2000-02-29T00:00:00.000000Z");
+    }
+}
