@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+pub mod mt;
+
 /// One candidate of an interleaved comparison: a name and a trial that returns a rate (ops/s).
 pub struct Candidate<'a> {
     /// Label used in reports.
