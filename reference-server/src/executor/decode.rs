@@ -31,7 +31,10 @@ pub struct TokenSink {
 impl TokenSink {
     /// A sink sending to `tx`.
     pub fn new(tx: UnboundedSender<u8>) -> Self {
-        TokenSink { tx, sent: AtomicU32::new(0) }
+        TokenSink {
+            tx,
+            sent: AtomicU32::new(0),
+        }
     }
 
     /// Whether the receiving side (the HTTP response) is gone: the client disconnected.
@@ -85,17 +88,33 @@ struct Seq<T> {
 
 /// The active sequences of one lane. `T` identifies a sequence to the caller (e.g. its slot in
 /// the coordinator's batch).
+///
+/// A step is [`prepare`](Self::prepare) (fill the `[B, k]` context ids and the sampling
+/// parameters), one engine call (wherever the engine runs: inline, on its own thread, on a GPU),
+/// then [`apply`](Self::apply) with the `B` next tokens. [`step_with`](Self::step_with) does all
+/// three inline.
 pub struct Decoder<T> {
-    engine: Box<dyn StepEngine>,
+    context: usize,
     seqs: Vec<Seq<T>>,
-    ids: Vec<u8>,
-    params: Vec<SampleParams>,
-    next: Vec<u8>,
+}
+
+/// Reusable buffers of one decode step: the engine's inputs and output.
+#[derive(Debug, Default)]
+pub struct StepBuffers {
+    /// `[B, k]` context ids.
+    pub ids: Vec<u8>,
+    /// `B` sampling parameters.
+    pub params: Vec<SampleParams>,
+    /// `B` next tokens (written by the engine).
+    pub next: Vec<u8>,
 }
 
 impl<T> std::fmt::Debug for Decoder<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Decoder").field("active", &self.seqs.len()).finish_non_exhaustive()
+        f.debug_struct("Decoder")
+            .field("context", &self.context)
+            .field("active", &self.seqs.len())
+            .finish()
     }
 }
 
@@ -109,9 +128,13 @@ pub struct StepOutcome<T> {
 }
 
 impl<T> Decoder<T> {
-    /// A decoder over `engine`.
-    pub fn new(engine: Box<dyn StepEngine>) -> Self {
-        Decoder { engine, seqs: Vec::new(), ids: Vec::new(), params: Vec::new(), next: Vec::new() }
+    /// A decoder for an engine reading `context` trailing bytes per sequence.
+    pub fn new(context: usize) -> Self {
+        assert!(context > 0, "context length must be at least 1");
+        Decoder {
+            context,
+            seqs: Vec::new(),
+        }
     }
 
     /// Active sequences.
@@ -157,27 +180,59 @@ impl<T> Decoder<T> {
         out
     }
 
-    /// One decode step over every active sequence. `sink_of` gives a sequence's stream sink
-    /// (if any); each new token is sent to it unless the client already received it.
-    pub fn step<'a>(
+    /// Fills `buf` with the inputs of the next step over every active sequence (drawing one
+    /// uniform per sampled sequence from its stream).
+    pub fn prepare(&mut self, buf: &mut StepBuffers) {
+        let b = self.seqs.len();
+        let k = self.context;
+        buf.ids.clear();
+        buf.ids.resize(b * k, PAD);
+        buf.params.clear();
+        buf.next.clear();
+        buf.next.resize(b, 0);
+        for (s, ctx) in self.seqs.iter_mut().zip(buf.ids.chunks_exact_mut(k)) {
+            context_window(&s.text, ctx);
+            let uniform = if s.temperature > 0.0 {
+                s.rng.next_f32()
+            } else {
+                0.0
+            };
+            buf.params.push(SampleParams {
+                temperature: s.temperature,
+                uniform,
+            });
+        }
+    }
+
+    /// One inline step: [`prepare`](Self::prepare), `engine.step`, [`apply`](Self::apply).
+    pub fn step_with<'a>(
         &mut self,
+        engine: &mut dyn StepEngine,
+        buf: &mut StepBuffers,
         sink_of: impl Fn(&T) -> Option<&'a TokenSink>,
     ) -> Result<StepOutcome<T>, EngineError> {
+        self.prepare(buf);
+        if !buf.params.is_empty() {
+            engine.step(&buf.ids, &buf.params, &mut buf.next)?;
+        }
+        Ok(self.apply(&buf.next, sink_of))
+    }
+
+    /// Applies the step's next tokens (`next[i]` belongs to the `i`-th sequence as of the last
+    /// [`prepare`](Self::prepare)): appends them, streams them through `sink_of`'s sink (unless
+    /// the client already received them in an earlier attempt) and retires finished sequences.
+    ///
+    /// Panics if `next.len()` differs from the number of active sequences (a caller bug).
+    pub fn apply<'a>(
+        &mut self,
+        next: &[u8],
+        sink_of: impl Fn(&T) -> Option<&'a TokenSink>,
+    ) -> StepOutcome<T> {
         let b = self.seqs.len();
-        let k = self.engine.context();
-        self.ids.resize(b * k, PAD);
-        self.params.clear();
-        self.next.resize(b, 0);
-        for (s, ctx) in self.seqs.iter_mut().zip(self.ids.chunks_exact_mut(k)) {
-            context_window(&s.text, ctx);
-            self.params.push(SampleParams { temperature: s.temperature, uniform: s.rng.next_f32() });
-        }
-        if b > 0 {
-            self.engine.step(&self.ids, &self.params, &mut self.next)?;
-        }
+        assert_eq!(next.len(), b, "one next token per active sequence");
         let mut finished = Vec::new();
         let old = std::mem::take(&mut self.seqs);
-        for (mut s, &tok) in old.into_iter().zip(&self.next) {
+        for (mut s, &tok) in old.into_iter().zip(next) {
             let generated = (s.text.len() - s.prompt_len) as u32;
             let finish = if tok == PAD {
                 Some(FinishReason::Stop)
@@ -197,12 +252,19 @@ impl<T> Decoder<T> {
                 Some(finish) => {
                     let tokens = s.text.split_off(s.prompt_len);
                     let steps = tokens.len() as u32 + u32::from(finish == FinishReason::Stop);
-                    finished.push((s.tag, Generation { tokens, finish, steps }));
+                    finished.push((
+                        s.tag,
+                        Generation {
+                            tokens,
+                            finish,
+                            steps,
+                        },
+                    ));
                 }
                 None => self.seqs.push(s),
             }
         }
-        Ok(StepOutcome { finished, batch: b })
+        StepOutcome { finished, batch: b }
     }
 }
 
@@ -217,14 +279,22 @@ mod tests {
     use crate::model::Weights;
 
     fn job(prompt: &[u8], max_tokens: u32, seed: u64) -> Job {
-        Job { prompt: prompt.to_vec(), max_tokens, temperature: 0.0, seed, sink: None }
+        Job {
+            prompt: prompt.to_vec(),
+            max_tokens,
+            temperature: 0.0,
+            seed,
+            sink: None,
+        }
     }
 
     fn run_alone(w: &Arc<Weights>, j: &Job) -> Generation {
-        let mut d = Decoder::new(Box::new(CpuEngine::new(w.clone())));
+        let mut e = CpuEngine::new(w.clone());
+        let mut d = Decoder::new(e.context());
+        let mut buf = StepBuffers::default();
         d.admit((), j);
         loop {
-            let out = d.step(|_| None).unwrap();
+            let out = d.step_with(&mut e, &mut buf, |_| None).unwrap();
             if let Some((_, g)) = out.finished.into_iter().next() {
                 return g;
             }
@@ -234,10 +304,13 @@ mod tests {
     #[test]
     fn sequences_join_and_leave_between_steps_with_unchanged_results() {
         let w = Arc::new(Weights::generate(1));
-        let jobs: Vec<Job> =
-            (0..6u32).map(|i| job(format!("prompt {i}").as_bytes(), 3 + 5 * i, 9)).collect();
+        let jobs: Vec<Job> = (0..6u32)
+            .map(|i| job(format!("prompt {i}").as_bytes(), 3 + 5 * i, 9))
+            .collect();
         let alone: Vec<Generation> = jobs.iter().map(|j| run_alone(&w, j)).collect();
-        let mut d = Decoder::new(Box::new(CpuEngine::new(w.clone())));
+        let mut e = CpuEngine::new(w.clone());
+        let mut d = Decoder::new(e.context());
+        let mut buf = StepBuffers::default();
         let mut results: Vec<Option<Generation>> = vec![None; jobs.len()];
         let mut next = 0;
         let mut batches = Vec::new();
@@ -249,7 +322,7 @@ mod tests {
                     next += 1;
                 }
             }
-            let out = d.step(|_| None).unwrap();
+            let out = d.step_with(&mut e, &mut buf, |_| None).unwrap();
             batches.push(out.batch);
             for (i, g) in out.finished {
                 assert!(results[i].replace(g).is_none(), "finished twice");
@@ -266,10 +339,12 @@ mod tests {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let mut j = job(b"0", 5, 0);
         j.sink = Some(TokenSink::new(tx));
-        let mut d = Decoder::new(Box::new(SimEngine::new(0, Duration::ZERO, None)));
+        let mut e = SimEngine::new(0, Duration::ZERO, None);
+        let mut d = Decoder::new(e.context());
+        let mut buf = StepBuffers::default();
         d.admit(0, &j);
         let g = loop {
-            let out = d.step(|_| j.sink.as_ref()).unwrap();
+            let out = d.step_with(&mut e, &mut buf, |_| j.sink.as_ref()).unwrap();
             if let Some((_, g)) = out.finished.into_iter().next() {
                 break g;
             }
@@ -277,9 +352,15 @@ mod tests {
         assert_eq!(g.tokens, b"abcde");
         assert_eq!(g.finish, FinishReason::Length);
         // A failover re-run of the same job must not resend what the client already has.
-        let mut d = Decoder::new(Box::new(SimEngine::new(1, Duration::ZERO, None)));
+        let mut e = SimEngine::new(1, Duration::ZERO, None);
+        let mut d = Decoder::new(e.context());
         d.admit(0, &j);
-        while d.step(|_| j.sink.as_ref()).unwrap().finished.is_empty() {}
+        while d
+            .step_with(&mut e, &mut buf, |_| j.sink.as_ref())
+            .unwrap()
+            .finished
+            .is_empty()
+        {}
         let mut streamed = Vec::new();
         while let Ok(b) = rx.try_recv() {
             streamed.push(b);
@@ -289,11 +370,13 @@ mod tests {
 
     #[test]
     fn engine_error_leaves_sequences_to_hand_back() {
-        let mut d = Decoder::new(Box::new(SimEngine::new(0, Duration::ZERO, Some(1))));
+        let mut e = SimEngine::new(0, Duration::ZERO, Some(1));
+        let mut d = Decoder::new(e.context());
+        let mut buf = StepBuffers::default();
         d.admit(1, &job(b"a", 10, 0));
         d.admit(2, &job(b"b", 10, 0));
-        assert!(d.step(|_| None).is_ok());
-        assert!(d.step(|_| None).is_err());
+        assert!(d.step_with(&mut e, &mut buf, |_| None).is_ok());
+        assert!(d.step_with(&mut e, &mut buf, |_| None).is_err());
         let mut back: Vec<i32> = d.drain().collect();
         back.sort_unstable();
         assert_eq!(back, [1, 2]);
