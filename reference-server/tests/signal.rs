@@ -1,0 +1,191 @@
+//! The real binary as a subprocess: start-up log line, bad flags, `--executor cuda` without
+//! CUDA, and SIGTERM answering every in-flight request, flushing the log and exiting 0.
+#![cfg(unix)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+fn server(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_freelane-server"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("FREELANE_") {
+            c.env_remove(k);
+        }
+    }
+    c.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
+    c
+}
+
+/// Forwards the child's stderr lines to a channel (and keeps the pipe drained).
+fn stderr_lines(child: &mut Child) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    let err = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits for a line containing `needle`; returns every line seen so far.
+fn wait_for(rx: &mpsc::Receiver<String>, needle: &str, seen: &mut Vec<String>) -> Option<String> {
+    let end = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < end {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(l) => {
+                seen.push(l.clone());
+                if l.contains(needle) {
+                    return Some(l);
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+        }
+    }
+    None
+}
+
+fn listen_addr(line: &str) -> String {
+    let rest = &line[line.find("addr=").expect("addr= in the listening line") + 5..];
+    rest.split(|c: char| c.is_whitespace() || c == '"' || c == ',')
+        .find(|s| !s.is_empty())
+        .unwrap()
+        .to_string()
+}
+
+fn sigterm(child: &Child) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            panic!("server did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn invalid_flags_exit_non_zero_with_a_clear_message() {
+    let out = server(&["--max-batch-size", "0"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("invalid --max-batch-size"), "{err}");
+    let out = server(&["--executor", "tpu"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn cuda_executor_without_cuda_says_why_and_exits_non_zero() {
+    let out = server(&["--executor", "cuda", "--port", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cuda executor not available"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_start_falls_back_to_cpu_logs_its_address_and_serves() {
+    let mut child = server(&["--port", "0"]).spawn().unwrap();
+    let rx = stderr_lines(&mut child);
+    let mut seen = Vec::new();
+    let line = wait_for(&rx, "listening", &mut seen).unwrap_or_else(|| panic!("{seen:#?}"));
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("falling back to the cpu executor")),
+        "{seen:#?}"
+    );
+    let addr = listen_addr(&line);
+    let r = reqwest::Client::new()
+        .post(format!("http://{addr}/v1/completions"))
+        .json(&json!({"prompt": "hi", "max_tokens": 8, "temperature": 0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    sigterm(&child);
+    assert!(wait_exit(&mut child).success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_answers_in_flight_requests_flushes_logs_and_exits_zero() {
+    let mut child = server(&[
+        "--port",
+        "0",
+        "--executor",
+        "sim",
+        "--gpus",
+        "1",
+        "--sim-step-us",
+        "3000",
+        "--log-format",
+        "json",
+    ])
+    .spawn()
+    .unwrap();
+    let rx = stderr_lines(&mut child);
+    let mut seen = Vec::new();
+    let line = wait_for(&rx, "listening", &mut seen).unwrap_or_else(|| panic!("{seen:#?}"));
+    // JSON log lines parse.
+    let v: serde_json::Value = serde_json::from_str(&line).expect("json log line");
+    let addr = v["fields"]["addr"]
+        .as_str()
+        .expect("addr field")
+        .to_string();
+    let client = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let c = client.clone();
+        let url = format!("http://{addr}/v1/completions");
+        tasks.push(tokio::spawn(async move {
+            let r = c
+                .post(url)
+                .json(&json!({"prompt": "0", "max_tokens": 40}))
+                .send()
+                .await;
+            let r = r.expect("answered");
+            (r.status().as_u16(), r.text().await.unwrap())
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    sigterm(&child);
+    for t in tasks {
+        let (status, body) = t.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+    let status = tokio::task::spawn_blocking(move || wait_exit(&mut child))
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    // The last lines were flushed before exit.
+    while let Ok(l) = rx.recv_timeout(Duration::from_millis(500)) {
+        seen.push(l);
+    }
+    assert!(
+        seen.iter().any(|l| l.contains("received sigterm")),
+        "{seen:#?}"
+    );
+    assert!(
+        seen.iter().any(|l| l.contains("all requests answered")),
+        "{seen:#?}"
+    );
+}
