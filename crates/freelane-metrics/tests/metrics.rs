@@ -142,6 +142,8 @@ fn parse_labels(s: &str) -> Result<(BTreeMap<String, String>, &str), String> {
 
 /// A series' labels other than `le`, sorted.
 type SeriesKey = Vec<(String, String)>;
+/// A series' `(le, cumulative count)` buckets and its `_count`.
+type SeriesData = (Vec<(f64, f64)>, Option<f64>);
 
 /// Parses an exposition into families keyed by name, checking the structure as it goes.
 fn parse_exposition(text: &str) -> Result<BTreeMap<String, Family>, String> {
@@ -205,7 +207,7 @@ fn parse_exposition(text: &str) -> Result<BTreeMap<String, Family>, String> {
         if f.kind.as_deref() != Some("histogram") {
             continue;
         }
-        let mut series: BTreeMap<SeriesKey, (Vec<(f64, f64)>, Option<f64>)> = BTreeMap::new();
+        let mut series: BTreeMap<SeriesKey, SeriesData> = BTreeMap::new();
         for (metric, labels, v) in &f.samples {
             let mut key: Vec<_> = labels
                 .iter()
