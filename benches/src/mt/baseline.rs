@@ -148,6 +148,10 @@ impl LockedHealth {
     pub fn write(&self, gpu: usize, record: HealthRecord) {
         self.table.write().unwrap_or_else(|e| e.into_inner())[gpu] = record;
     }
+    /// Changes one GPU's record in place under the write lock.
+    pub fn update(&self, gpu: usize, f: impl FnOnce(&mut HealthRecord)) {
+        f(&mut self.table.write().unwrap_or_else(|e| e.into_inner())[gpu]);
+    }
     /// Which GPUs are usable (one read lock).
     pub fn usable(&self) -> [bool; GPUS] {
         let t = self.table.read().unwrap_or_else(|e| e.into_inner());
@@ -370,44 +374,158 @@ impl<S: Subscriber, W: Write + Send + 'static> Layer<S> for LockedJsonLayer<W> {
     }
 }
 
-/// The mutex coordinator of the original design: a mutex'd queue per lane, a mutex'd load board,
-/// an `RwLock`'d health table, a mutex'd latency histogram; log events go through `tracing` to
-/// whatever dispatcher the calling thread has (a [`LockedJsonLayer`] in the benchmark).
+/// Requests one mutex-coordinator lane holds at most (the freelane coordinator's default
+/// `max_queue` of 4096 split over the lanes).
+pub const LANE_CAPACITY: usize = 4096 / GPUS;
+
+/// A request queued in the [`MutexCoordinator`].
+#[derive(Debug)]
+pub struct QueuedRequest {
+    /// Request id (also the result it is answered with).
+    pub id: u64,
+    /// Load cost.
+    pub tokens: u64,
+    /// When it was admitted.
+    pub enqueued: Instant,
+    /// When it joined a batch.
+    pub started: Option<Instant>,
+    answer: tokio::sync::oneshot::Sender<u64>,
+}
+
+/// A batch taken from the [`MutexCoordinator`].
+#[derive(Debug)]
+pub struct MutexBatch {
+    /// The GPU (lane) that runs it.
+    pub gpu: usize,
+    /// When it was formed.
+    pub formed: Instant,
+    /// Its requests.
+    pub requests: Vec<QueuedRequest>,
+}
+
+#[derive(Debug, Default)]
+struct CoordinatorMetrics {
+    queue_time: LogLinearHistogram,
+    exec_time: LogLinearHistogram,
+    end_to_end: LogLinearHistogram,
+    batch_size: LogLinearHistogram,
+    batch_time: LogLinearHistogram,
+    accepted: u64,
+    completed: u64,
+}
+
+/// The mutex coordinator of the original design, doing the same work per request as the freelane
+/// `Coordinator` in manual mode: a `Mutex<VecDeque>` per lane with a capacity, a
+/// `Mutex<[u64; GPUS]>` load board (pick + acquire under one lock, release under another, a
+/// stolen request's load moved), an `RwLock`'d health table (usable check on submit and take,
+/// EWMA update per batch), one mutex around all metrics (accepted count, queue / exec /
+/// end-to-end histograms per request, batch size / time per batch), a oneshot answer per request
+/// (the same tokio oneshot as freelane's `Handle`), and one `tracing` debug event per batch
+/// (to whatever dispatcher the calling thread has: a [`LockedJsonLayer`] in the benchmark).
 #[derive(Debug, Default)]
 pub struct MutexCoordinator {
-    lanes: [LockedQueue<Request>; GPUS],
+    lanes: [Mutex<VecDeque<QueuedRequest>>; GPUS],
     load: LockedBoard,
     health: LockedHealth,
-    latency: LockedHistogram,
+    metrics: Mutex<CoordinatorMetrics>,
 }
 
 impl MutexCoordinator {
-    /// Routes `req` to the least-loaded usable GPU and enqueues it there; `false` when no GPU is
-    /// usable.
-    pub fn submit(&self, mut req: Request) -> bool {
+    /// Admits a request: routes it to the least-loaded usable GPU, reserves its load and queues
+    /// it. `None` when no GPU is usable or the lane is full.
+    pub fn submit(&self, id: u64, tokens: u64) -> Option<tokio::sync::oneshot::Receiver<u64>> {
         let usable = self.health.usable();
-        let Some(g) = self
-            .load
-            .pick_and_acquire(|g| usable[g], u64::from(req.tokens))
-        else {
-            return false;
-        };
-        req.gpu = g as u32;
-        self.lanes[g].push(req);
-        true
+        let g = self.load.pick_and_acquire(|g| usable[g], tokens)?;
+        let (answer, rx) = tokio::sync::oneshot::channel();
+        {
+            let mut lane = lock(&self.lanes[g]);
+            if lane.len() >= LANE_CAPACITY {
+                drop(lane);
+                self.load.release(g, tokens);
+                return None;
+            }
+            lane.push_back(QueuedRequest {
+                id,
+                tokens,
+                enqueued: Instant::now(),
+                started: None,
+                answer,
+            });
+        }
+        lock(&self.metrics).accepted += 1;
+        Some(rx)
     }
 
-    /// Takes up to `max` ready requests from the first non-empty lane, starting at lane `start`.
-    pub fn try_take_batch(&self, start: usize, max: usize, out: &mut Vec<Request>) -> bool {
-        (0..GPUS).any(|i| self.lanes[(start + i) % GPUS].drain_into(max, out) > 0)
+    /// Takes up to `max` queued requests for `gpu`: from its own lane, else from the first
+    /// non-empty other lane (moving their load to `gpu`). `None` when there is nothing to do.
+    pub fn try_next_batch(&self, gpu: usize, max: usize) -> Option<MutexBatch> {
+        if !self.health.usable()[gpu] {
+            return None;
+        }
+        let now = Instant::now();
+        for i in 0..GPUS {
+            let from = (gpu + i) % GPUS;
+            let mut requests: Vec<QueuedRequest> = {
+                let mut lane = lock(&self.lanes[from]);
+                let n = lane.len().min(max);
+                lane.drain(..n).collect()
+            };
+            if requests.is_empty() {
+                continue;
+            }
+            for r in &mut requests {
+                r.started = Some(now);
+                if from != gpu {
+                    self.load.release(from, r.tokens);
+                    let _ = self.load.pick_and_acquire(|g| g == gpu, r.tokens);
+                }
+            }
+            return Some(MutexBatch {
+                gpu,
+                formed: now,
+                requests,
+            });
+        }
+        None
     }
 
-    /// Completes one executed request: releases its load, records its latency, logs one event.
-    pub fn complete(&self, req: &Request) {
-        self.load.release(req.gpu as usize, u64::from(req.tokens));
-        let ns = req.submitted.elapsed().as_nanos() as u64;
-        self.latency.record(ns);
-        super::components::log_event(req.id, req.gpu, ns);
+    /// "Executes" `batch` in zero time and completes it: answers every request (recording its
+    /// queue, exec and end-to-end times), releases its load, records the batch, updates the GPU's
+    /// health and logs one event.
+    pub fn execute_and_complete(&self, batch: MutexBatch) {
+        let size = batch.requests.len();
+        let now = Instant::now();
+        for r in batch.requests {
+            let _ = r.answer.send(r.id);
+            self.load.release(batch.gpu, r.tokens);
+            let ns = |a: Instant, b: Instant| b.saturating_duration_since(a).as_nanos() as u64;
+            let started = r.started.unwrap_or(now);
+            let mut m = lock(&self.metrics);
+            m.end_to_end.record(ns(r.enqueued, now));
+            m.queue_time.record(ns(r.enqueued, started));
+            m.exec_time.record(ns(started, now));
+            m.completed += 1;
+        }
+        let elapsed = batch.formed.elapsed();
+        let exec_ns = elapsed.as_nanos() as u64;
+        {
+            let mut m = lock(&self.metrics);
+            m.batch_size.record(size as u64);
+            m.batch_time.record(exec_ns);
+        }
+        self.health.update(batch.gpu, |r| {
+            r.ewma_ns = if r.ewma_ns == 0 {
+                exec_ns
+            } else {
+                r.ewma_ns - r.ewma_ns / 8 + exec_ns / 8
+            };
+        });
+        tracing::debug!(
+            gpu = batch.gpu,
+            size,
+            exec_us = elapsed.as_micros() as u64,
+            "batch completed"
+        );
     }
 
     /// Current load of every GPU.
@@ -415,9 +533,10 @@ impl MutexCoordinator {
         self.load.loads()
     }
 
-    /// Requests completed so far (the histogram's count).
-    pub fn completed(&self) -> u64 {
-        self.latency.snapshot().count()
+    /// Requests (accepted, completed) so far.
+    pub fn counts(&self) -> (u64, u64) {
+        let m = lock(&self.metrics);
+        (m.accepted, m.completed)
     }
 }
 
@@ -491,24 +610,30 @@ mod tests {
     }
 
     #[test]
-    fn mutex_coordinator_completes_everything_and_releases_load() {
+    fn mutex_coordinator_answers_everything_and_releases_load() {
         let c = MutexCoordinator::default();
-        let mut batch = Vec::new();
-        for id in 0..100 {
-            assert!(c.submit(Request {
-                id,
-                tokens: 3,
-                gpu: 0,
-                submitted: Instant::now()
-            }));
-        }
+        let mut answers: Vec<_> = (0..100)
+            .map(|id| c.submit(id, 3).expect("admitted"))
+            .collect();
         assert_eq!(c.loads().iter().sum::<u64>(), 300);
-        while c.try_take_batch(1, 8, &mut batch) {
-            for r in batch.drain(..) {
-                c.complete(&r);
-            }
+        while let Some(b) = c.try_next_batch(1, 8) {
+            assert!(b.requests.len() <= 8);
+            c.execute_and_complete(b);
         }
         assert_eq!(c.loads(), [0; GPUS]);
-        assert_eq!(c.completed(), 100);
+        assert_eq!(c.counts(), (100, 100));
+        for (id, rx) in answers.iter_mut().enumerate() {
+            assert_eq!(rx.try_recv(), Ok(id as u64));
+        }
+    }
+
+    #[test]
+    fn mutex_coordinator_rejects_when_a_lane_is_full() {
+        let c = MutexCoordinator::default();
+        let held: Vec<_> = (0..(LANE_CAPACITY * GPUS) as u64)
+            .map(|id| c.submit(id, 1).expect("room"))
+            .collect();
+        assert!(c.submit(u64::MAX, 1).is_none());
+        assert_eq!(c.loads().iter().sum::<u64>(), held.len() as u64);
     }
 }
