@@ -89,9 +89,13 @@ impl CudaEngine {
                 "cuda gpu {ordinal}: creating the cublas handle failed: {err}"
             ))
         })?;
-        let module = ctx
-            .load_module(kernels.ptx.clone())
-            .map_err(e("loading the kernels"))?;
+        let module = ctx.load_module(kernels.ptx.clone()).map_err(|err| {
+            EngineError::new(format!(
+                "cuda gpu {ordinal}: loading the kernels failed: {err} (if the ptx version is \
+                 unsupported, libnvrtc is newer than the driver: use the libnvrtc of a cuda \
+                 toolkit no newer than the driver)"
+            ))
+        })?;
         let [g, r, s] = kernels::NAMES;
         let gather = module.load_function(g).map_err(e("loading gather_embed"))?;
         let bias_relu = module.load_function(r).map_err(e("loading bias_relu"))?;
@@ -186,8 +190,8 @@ impl CudaEngine {
         Ok(())
     }
 
-    /// Enqueues the two GEMMs for `rows` rows (X and H as the buffers hold them) with
-    /// `bias_relu` between them when `with_kernels`.
+    /// Enqueues the two GEMMs for `rows` rows (X and H as the buffers hold them), with
+    /// `bias_relu` between them when `relu` (off for the pure-cuBLAS timing).
     fn enqueue_gemms(&mut self, rows: usize, relu: bool) -> Result<(), EngineError> {
         let Dims { hidden: h, .. } = self.dims;
         let kd = self.dims.input();
