@@ -202,6 +202,7 @@ impl Builder {
             let (batch, idle) = (self.batch, self.idle);
             spawn_drainer(move || drain_loop(&shared, batch, idle))?
         };
+        let _ = shared.parker.thread.set(drainer.thread().clone());
         let logger = Logger {
             shared: Arc::clone(&shared),
         };
@@ -231,27 +232,36 @@ fn spawn_drainer(
     Ok(freelane_sync::thread::spawn(f))
 }
 
-/// Lets the drainer sleep when idle and callers wake it. Under loom, sleeping is a yield.
+/// Lets the drainer sleep when idle and callers wake it.
+///
+/// With std the drainer parks with a timeout and callers wake it only occasionally (a missed
+/// wake-up costs at most one idle poll). Under loom there are no timeouts, so the model uses the
+/// strict form: the drainer parks without a timeout and every push unparks it (park/unpark's
+/// token makes an unpark that comes before the park count), which also shows that shutdown and
+/// flush never depend on a timeout firing.
 struct Parker {
+    #[cfg_attr(freelane_loom, allow(dead_code))]
     sleeping: AtomicBool,
-    #[cfg(not(freelane_loom))]
-    thread: std::sync::OnceLock<std::thread::Thread>,
+    /// The drainer thread, set by `Builder::build` right after spawning it.
+    thread: std::sync::OnceLock<freelane_sync::thread::Thread>,
 }
 
 impl Parker {
     fn new() -> Self {
         Self {
             sleeping: AtomicBool::new(false),
-            #[cfg(not(freelane_loom))]
             thread: std::sync::OnceLock::new(),
         }
     }
 
     /// Wakes the drainer if it is (about to be) asleep. A lost race only delays the drainer by
-    /// one idle poll, never loses an event.
+    /// one idle poll, never loses an event. Under loom: always unparks.
     #[inline]
     fn wake(&self) {
+        #[cfg(freelane_loom)]
+        self.wake_now();
         // Relaxed: a hint; the drainer re-checks the ring itself, and its sleep is bounded.
+        #[cfg(not(freelane_loom))]
         if self.sleeping.load(Ordering::Relaxed) {
             self.wake_now();
         }
@@ -260,8 +270,8 @@ impl Parker {
     #[cold]
     fn wake_now(&self) {
         // Relaxed: see `wake`.
-        self.sleeping.store(false, Ordering::Relaxed);
         #[cfg(not(freelane_loom))]
+        self.sleeping.store(false, Ordering::Relaxed);
         if let Some(t) = self.thread.get() {
             t.unpark();
         }
@@ -269,18 +279,23 @@ impl Parker {
 
     /// Sleeps up to `idle` unless `ready()` says there is work (checked after announcing sleep).
     fn sleep(&self, idle: Duration, ready: impl Fn() -> bool) {
-        // Relaxed: see `wake`; a missed wake-up costs at most `idle`.
+        // Relaxed: see `wake`; a missed wake-up costs at most `idle`. (Unused under loom.)
+        #[cfg(not(freelane_loom))]
         self.sleeping.store(true, Ordering::Relaxed);
-        if !ready() {
+        if ready() {
+            // Work is claimed but a producer is still filling its slot: let it run.
+            freelane_sync::thread::yield_now();
+        } else {
             #[cfg(not(freelane_loom))]
             std::thread::park_timeout(idle);
             #[cfg(freelane_loom)]
             {
                 let _ = idle;
-                freelane_sync::thread::yield_now();
+                freelane_sync::thread::park();
             }
         }
         // Relaxed: see `wake`.
+        #[cfg(not(freelane_loom))]
         self.sleeping.store(false, Ordering::Relaxed);
     }
 }
@@ -313,7 +328,7 @@ impl Shared {
     pub(crate) fn submit<F: FnOnce(&mut Record)>(&self, level: Option<Level>, fill: F) {
         let mut fill = match self.ring.try_push(fill) {
             Ok(pos) => {
-                if pos % self.wake_every == 0 {
+                if freelane_sync::LOOM || pos % self.wake_every == 0 {
                     self.parker.wake();
                 }
                 return;
@@ -332,7 +347,10 @@ impl Shared {
             self.parker.wake_now();
             backoff.snooze();
             match self.ring.try_push(fill) {
-                Ok(_) => return,
+                Ok(_) => {
+                    self.parker.wake_now();
+                    return;
+                }
                 Err((PushError::Full, f)) => fill = f,
                 Err((PushError::Closed, f)) => return self.overflowed(level, f),
             }
@@ -445,20 +463,18 @@ fn guarded_write(w: &mut dyn Write, bytes: &[u8], flush: bool) -> Result<(), Str
 
 /// The drainer: pops batches, renders them, writes each batch with one call, flushes when idle.
 fn drain_loop(shared: &Shared, batch: usize, idle: Duration) {
-    #[cfg(not(freelane_loom))]
-    let _ = shared.parker.thread.set(std::thread::current());
     let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut clock = ClockCache::default();
     let mut dirty = false;
+    // The drainer is the only consumer, so it tracks `head` locally (the ring's own `head` is
+    // published for other readers in `pop_with`).
+    let mut consumed = shared.ring.consumed();
+    let mut published = consumed;
+    let mut max_depth = 0u64;
     loop {
-        let depth = shared.ring.claimed().wrapping_sub(shared.ring.consumed()) as u64;
-        // Relaxed: only the drainer writes it; readers want a recent value, nothing more.
-        if depth > shared.max_depth.load(Ordering::Relaxed) {
-            shared.max_depth.store(depth, Ordering::Relaxed);
-        }
         out.clear();
-        let mut n = 0u64;
-        while (n as usize) < batch {
+        let mut n = 0usize;
+        while n < batch {
             // SAFETY: this thread is the ring's only consumer (no other code calls pop_with).
             let popped = unsafe {
                 shared.ring.pop_with(|rec| {
@@ -474,21 +490,30 @@ fn drain_loop(shared: &Shared, batch: usize, idle: Duration) {
             }
             n += 1;
         }
+        // One load of `tail`: if it says closed, no position can be claimed after it, so
+        // `claimed == consumed` means everything accepted before the close has been consumed.
+        // (Reading `claimed` and `closed` separately would race with a claim in between.)
+        let (claimed, closed) = shared.ring.claimed_and_closed();
         if n > 0 {
+            let depth = claimed.wrapping_sub(consumed) as u64;
+            if depth > max_depth {
+                max_depth = depth;
+                // Relaxed: only the drainer writes it; readers want a recent value, nothing more.
+                shared.max_depth.store(depth, Ordering::Relaxed);
+            }
+            consumed = consumed.wrapping_add(n);
             let mut w = shared.writer.lock().unwrap_or_else(|e| e.into_inner());
             let r = guarded_write(&mut **w, &out, false);
             drop(w);
-            shared.account(n, r);
+            shared.account(n as u64, r);
             dirty = true;
             if out.capacity() > 1 << 20 {
                 out = Vec::with_capacity(64 * 1024);
             }
         }
-        // Relaxed: a request flag (see `Shared::flush`).
-        let flush_requested = shared.flush_requested.load(Ordering::Relaxed);
-        let consumed = shared.ring.consumed();
-        let empty = consumed == shared.ring.claimed();
-        if (n as usize) < batch || flush_requested {
+        let empty = consumed == claimed;
+        // Relaxed: a request flag (see `Shared::flush`); the result is published via `flushed`.
+        if n < batch || shared.flush_requested.swap(false, Ordering::Relaxed) {
             if dirty {
                 let mut w = shared.writer.lock().unwrap_or_else(|e| e.into_inner());
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.flush()));
@@ -499,20 +524,22 @@ fn drain_loop(shared: &Shared, batch: usize, idle: Duration) {
                 }
                 dirty = false;
             }
-            // Relaxed: a request flag.
-            shared.flush_requested.store(false, Ordering::Relaxed);
-            // Release: publishes "everything before `consumed` was written and flushed" to the
-            // Acquire load in `Shared::flush`.
-            shared.flushed.store(consumed as u64, Ordering::Release);
+            if published != consumed {
+                // Release: publishes "everything before `consumed` was written and flushed" to
+                // the Acquire load in `Shared::flush`.
+                shared.flushed.store(consumed as u64, Ordering::Release);
+                published = consumed;
+            }
         }
-        if empty && shared.ring.is_closed() {
+        if empty && closed {
             // Closed and everything claimed before the close has been consumed: done.
             break;
         }
         if n == 0 {
             let ring = &shared.ring;
             shared.parker.sleep(idle, || {
-                ring.claimed() != ring.consumed() || ring.is_closed()
+                let (claimed, closed) = ring.claimed_and_closed();
+                claimed != consumed || closed
             });
         }
     }

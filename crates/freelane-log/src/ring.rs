@@ -159,10 +159,13 @@ impl<T> Ring<T> {
         self.tail.load(Ordering::Acquire) & !CLOSED
     }
 
-    /// Whether [`close`](Self::close) was called.
-    pub(crate) fn is_closed(&self) -> bool {
+    /// Positions claimed so far and whether the ring is closed, from one load of `tail` (once
+    /// closed, the claimed count is final; reading both from one load is what makes "closed and
+    /// everything claimed is consumed" a safe exit test).
+    pub(crate) fn claimed_and_closed(&self) -> (usize, bool) {
         // Acquire: see `claimed`.
-        self.tail.load(Ordering::Acquire) & CLOSED != 0
+        let t = self.tail.load(Ordering::Acquire);
+        (t & !CLOSED, t & CLOSED != 0)
     }
 
     /// Positions consumed so far.
