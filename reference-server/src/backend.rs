@@ -32,7 +32,7 @@ impl std::fmt::Display for StartError {
 impl std::error::Error for StartError {}
 
 /// HTTP status codes counted in `freelane_requests_total{status}`.
-const STATUSES: [u16; 10] = [200, 400, 404, 405, 413, 429, 500, 503, 504, 499];
+const STATUSES: [u16; 8] = [200, 400, 413, 429, 499, 500, 503, 504];
 
 /// The coordinator, executor and metrics.
 pub struct Backend {

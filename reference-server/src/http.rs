@@ -93,11 +93,35 @@ fn completion_id(seed: u64) -> String {
     )
 }
 
+/// Counts a completion request whose client went away before the response (status 499) when
+/// the handler's future is dropped unfinished.
+struct Abandoned<'a> {
+    state: &'a AppState,
+    started: Instant,
+    done: bool,
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let status = StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST);
+            self.state
+                .backend
+                .record_response(status, self.started.elapsed());
+        }
+    }
+}
+
 async fn completions(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let started = Instant::now();
+    let mut abandoned = Abandoned {
+        state: &state,
+        started,
+        done: false,
+    };
     let resp = match body {
         Ok(body) => match parse_completion(&body) {
             Ok(req) => serve_completion(&state, req).await,
@@ -110,6 +134,7 @@ async fn completions(
             ApiError::bad_request("invalid_body", rej.body_text().to_lowercase()).into_response()
         }
     };
+    abandoned.done = true;
     state
         .backend
         .record_response(resp.status(), started.elapsed());

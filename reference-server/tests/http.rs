@@ -339,6 +339,10 @@ async fn client_disconnect_cancels_a_queued_request_before_it_runs() {
         s.metric("freelane_generated_tokens_total").await,
         Some(100.0)
     );
+    assert_eq!(
+        s.metric("freelane_requests_total{status=\"499\"}").await,
+        Some(1.0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
