@@ -320,19 +320,6 @@ pub const DEFAULT_SIM_LANES: usize = 2;
 /// Default lane count of the cpu executor.
 pub const DEFAULT_CPU_LANES: usize = 1;
 
-impl Config {
-    /// The configuration `freelane-server` gets with no flags and no environment, except that
-    /// it listens on an ephemeral port (for tests and embedding).
-    pub fn for_tests() -> Config {
-        let mut c = Args::parse_from(["freelane-server", "--port", "0"])
-            .validate()
-            .expect("default configuration is valid");
-        // The environment may carry FREELANE_* variables; tests want the documented defaults.
-        c.addr = SocketAddr::from(([127, 0, 0, 1], 0));
-        c
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -243,7 +243,7 @@ fn sse_stream(
     handle: freelane::Handle<Generation>,
     rx: tokio::sync::mpsc::UnboundedReceiver<u8>,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
-    struct Sse {
+    struct SseState {
         meta: StreamMeta,
         handle: Option<freelane::Handle<Generation>>,
         rx: tokio::sync::mpsc::UnboundedReceiver<u8>,
@@ -251,7 +251,7 @@ fn sse_stream(
         utf8: Utf8Stream,
         done_sent: bool,
     }
-    let st = Sse {
+    let st = SseState {
         meta,
         handle: Some(handle),
         rx,

@@ -349,22 +349,22 @@ impl ServerExecutor {
             }
             return Ok(());
         }
-        if let LaneSlot::Pending(_) = slot {
-            let LaneSlot::Pending(factory) = std::mem::replace(slot, LaneSlot::Taken) else {
-                unreachable!("checked above")
-            };
-            *slot = match EngineThread::spawn(format!("freelane-{}-{gpu}", self.name), factory) {
-                Ok(t) => LaneSlot::Ready(LaneExecutor::new(
-                    LaneEngine::Thread(t),
-                    self.batch_size.clone(),
-                    self.stats.clone(),
-                )),
-                Err(e) => {
-                    tracing::error!(gpu, error = %e, "engine failed to start");
-                    LaneSlot::Failed(e.message)
+        *slot = match std::mem::replace(slot, LaneSlot::Taken) {
+            LaneSlot::Pending(factory) => {
+                match EngineThread::spawn(format!("freelane-{}-{gpu}", self.name), factory) {
+                    Ok(t) => LaneSlot::Ready(LaneExecutor::new(
+                        LaneEngine::Thread(t),
+                        self.batch_size.clone(),
+                        self.stats.clone(),
+                    )),
+                    Err(e) => {
+                        tracing::error!(gpu, error = %e, "engine failed to start");
+                        LaneSlot::Failed(e.message)
+                    }
                 }
-            };
-        }
+            }
+            other => other,
+        };
         match slot {
             LaneSlot::Failed(m) => {
                 Err(ExecError::new(format!("gpu {gpu} engine unavailable: {m}")))
