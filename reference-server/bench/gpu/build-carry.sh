@@ -12,7 +12,7 @@ mkdir -p "$out/lib"
 cargo build --release -p freelane-server --bin freelane-server
 cp target/release/freelane-server "$out/"
 # The test binary's file name carries a hash: ask cargo for it.
-exe=$(cargo test --release -p freelane-server --test cuda_parity --no-run --message-format=json 2>/dev/null \
+exe=$(cargo test --release -p freelane-server --test cuda_parity --no-run --message-format=json \
   | grep -o '"executable":"[^"]*cuda_parity[^"]*"' | tail -n1 | cut -d'"' -f4)
 if [ -z "$exe" ] || [ ! -x "$exe" ]; then
   echo "build-carry: could not find the cuda_parity test binary" >&2

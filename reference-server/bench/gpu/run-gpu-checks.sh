@@ -81,7 +81,15 @@ if [ -n "$WRK" ] && [ -x "$BIN/freelane-server" ]; then
       "$BIN/freelane-server" --executor "$exec" --gpus 1 --max-batch-size "$b" --max-queue 4096 \
         --port "$port" --log-format json > "$OUT/server-$exec-$b.log" 2>&1 &
       srv=$!
-      for _ in $(seq 100); do curl -sf "localhost:$port/health" >/dev/null 2>&1 && break; sleep 0.1; done
+      for _ in $(seq 100); do
+        curl -sf "localhost:$port/health" >/dev/null 2>&1 && break
+        kill -0 "$srv" 2>/dev/null || break
+        sleep 0.1
+      done
+      if ! kill -0 "$srv" 2>/dev/null; then
+        log "== $exec batch $b: server did not start: $(tail -n 1 "$OUT/server-$exec-$b.log")"
+        continue
+      fi
       [ "$exec" = cuda ] && smi_start "$OUT/nvsmi-wrk-$b.csv"
       d=$SECS; [ "$exec" = cpu ] && d=$(( (SECS + 1) / 2 ))
       log "== wrk $exec batch $b, 64-token requests, $b connections, ${d}s"
