@@ -7,9 +7,9 @@ use std::io;
 use freelane_log::{Builder, Overflow};
 use freelane_sync::sync::Arc;
 // The test's own sink is outside the protocol under test; a std mutex keeps it out of the model.
-use std::sync::Mutex;
 use freelane_sync::thread;
 use loom_tests::run_model;
+use std::sync::Mutex;
 
 /// A writer into shared memory.
 #[derive(Clone, Default)]

@@ -342,9 +342,11 @@ impl Shared {
             }
         };
         // Block: wait for the drainer to free a slot.
+        // The ring is full, so the drainer has work; wake it once in case it is about to park
+        // (it only parks on an empty ring, where our next attempt succeeds).
+        self.parker.wake_now();
         let mut backoff = Backoff::new();
         loop {
-            self.parker.wake_now();
             backoff.snooze();
             match self.ring.try_push(fill) {
                 Ok(_) => {

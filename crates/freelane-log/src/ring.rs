@@ -111,7 +111,9 @@ impl<T> Ring<T> {
                 // The slot still holds the value from one lap ago: the ring is full.
                 return Err((PushError::Full, fill));
             } else {
-                // Another producer claimed `pos` already; catch up.
+                // Another producer claimed `pos` already; catch up. (The backoff also matters
+                // under loom: a thread only stops seeing a stale `tail` after it yields.)
+                backoff.spin();
                 // Relaxed: as above.
                 pos = self.tail.load(Ordering::Relaxed);
             }
