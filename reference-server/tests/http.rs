@@ -452,14 +452,19 @@ async fn graceful_shutdown_answers_every_in_flight_request() {
         tasks.push(tokio::spawn(async move {
             let r = client
                 .post(url)
-                .json(&json!({"prompt": "0", "max_tokens": 30}))
+                .json(&json!({"prompt": "0", "max_tokens": 60}))
                 .send()
                 .await;
             let r = r.expect("in-flight request answered");
             (r.status().as_u16(), r.text().await.unwrap())
         }));
     }
-    tokio::time::sleep(Duration::from_millis(40)).await;
+    // Shut down only once all eight are accepted (in flight), however slow the machine is.
+    let accepted = eventually(Duration::from_secs(10), async || {
+        s.get_json("/stats").await.1["accepted"] == 8
+    })
+    .await;
+    assert!(accepted, "requests were not accepted");
     let served = s.begin_shutdown();
     for t in tasks {
         let (status, body) = t.await.unwrap();

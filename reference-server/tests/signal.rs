@@ -159,14 +159,30 @@ async fn sigterm_answers_in_flight_requests_flushes_logs_and_exits_zero() {
         tasks.push(tokio::spawn(async move {
             let r = c
                 .post(url)
-                .json(&json!({"prompt": "0", "max_tokens": 40}))
+                .json(&json!({"prompt": "0", "max_tokens": 100}))
                 .send()
                 .await;
             let r = r.expect("answered");
             (r.status().as_u16(), r.text().await.unwrap())
         }));
     }
-    tokio::time::sleep(Duration::from_millis(60)).await;
+    // Signal only once all six are accepted (in flight), however slow the machine is.
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats: serde_json::Value = client
+            .get(format!("http://{addr}/stats"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if stats["accepted"] == 6 {
+            break;
+        }
+        assert!(Instant::now() < end, "requests were not accepted: {stats}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     sigterm(&child);
     for t in tasks {
         let (status, body) = t.await.unwrap();
