@@ -13,8 +13,9 @@
 //!   under `catch_unwind` (a missing symbol in an old driver becomes an error, not a crash).
 //! - One engine per device, built on its lane's thread: its own context handle, its own stream,
 //!   its own cuBLAS handle, the weights uploaded once, and device buffers reused across steps.
-//!   Buffers are sized for [`DEFAULT_ROWS`] rows and grow (doubling) only when a step brings
-//!   more rows than ever before, so a warmed-up lane allocates nothing per step.
+//!   Buffers are sized for the server's `--max-batch-size` rows ([`open_devices_with_rows`],
+//!   as [`super::select`] calls it; [`DEFAULT_ROWS`] through [`open_devices`]) and grow
+//!   (doubling) only if a step ever brings more rows, so a lane allocates nothing per step.
 //! - Per step only the inputs (token ids, per-row temperature and uniform, packed into one
 //!   buffer) go host -> device and only the `B` next tokens come back.
 //! - A failed CUDA call returns an [`EngineError`] (the lane is marked unhealthy and the

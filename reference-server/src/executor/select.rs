@@ -35,6 +35,8 @@ pub fn select(
         let n = config.gpus.unwrap_or(DEFAULT_CPU_LANES);
         ServerExecutor::compute("cpu", cpu_lanes(weights, n), b, s)
     };
+    // The cuda engines size their device buffers for the largest batch up front.
+    let rows = config.max_batch_size;
     Ok(match config.executor {
         ExecutorKind::Sim => {
             let n = config.gpus.unwrap_or(DEFAULT_SIM_LANES);
@@ -45,13 +47,13 @@ pub fn select(
         }
         ExecutorKind::Cpu => (cpu(batch_size, stats), None),
         ExecutorKind::Cuda => {
-            let lanes = cuda::open_devices(weights, config.gpus)?;
+            let lanes = cuda::open_devices_with_rows(weights, config.gpus, rows)?;
             (
                 ServerExecutor::compute("cuda", lanes, batch_size, stats),
                 None,
             )
         }
-        ExecutorKind::Auto => match cuda::open_devices(weights, config.gpus) {
+        ExecutorKind::Auto => match cuda::open_devices_with_rows(weights, config.gpus, rows) {
             Ok(lanes) => (
                 ServerExecutor::compute("cuda", lanes, batch_size, stats),
                 None,
