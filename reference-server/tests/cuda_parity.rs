@@ -138,6 +138,7 @@ fn cuda_matches_cpu_tokens_at_temperature_zero_over_many_steps_and_batch_sizes()
     let w = Arc::new(Weights::generate(42));
     // Start small so the largest batches also exercise buffer growth.
     let mut gpu = CudaEngine::new(w.clone(), 0, &rt.kernels, 4).expect("engine");
+    eprintln!("{gpu:?} (kernels loaded as {})", gpu.kernel_image());
     for (i, &batch) in [1usize, 3, 8, 32, 128, 200].iter().enumerate() {
         let c = compare(&w, &mut gpu, batch, 40, 0.0, 100 + i as u64);
         eprintln!(

@@ -36,6 +36,10 @@
 //!    the row's `exp` values in id order, exactly like `sample_row`;
 //! 6. one `memcpy_dtoh` of `next[B]`, then a stream synchronize.
 //!
+//! Kernels: [`probe`] compiles [`kernels::SOURCE`] to PTX once (the environment check); each
+//! engine then compiles it to a CUBIN for its device's compute capability and loads that (no
+//! PTX JIT, so an NVRTC newer than the driver still works), falling back to the PTX.
+//!
 //! cuBLAS is column-major; a row-major product `C = A · B` is computed as the column-major
 //! `C^T = B^T · A^T` by swapping the operands ([`gemm::row_major`]).
 //!

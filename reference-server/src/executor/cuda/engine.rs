@@ -44,6 +44,7 @@ pub struct CudaEngine {
     buf: RowBuffers,
     staging: Vec<u8>,
     grows: u64,
+    image: &'static str,
     // Keeps the context alive (and is what every call binds to the calling thread).
     _ctx: Arc<CudaContext>,
 }
@@ -54,6 +55,7 @@ impl std::fmt::Debug for CudaEngine {
             .field("ordinal", &self.ordinal)
             .field("dims", &self.dims)
             .field("rows", &self.buf.rows)
+            .field("kernels", &self.image)
             .finish_non_exhaustive()
     }
 }
@@ -89,7 +91,18 @@ impl CudaEngine {
                 "cuda gpu {ordinal}: creating the cublas handle failed: {err}"
             ))
         })?;
-        let module = ctx.load_module(kernels.ptx.clone()).map_err(|err| {
+        // SASS for this device first (no PTX JIT, robust to an nvrtc newer than the driver),
+        // the shared PTX if that fails.
+        let cubin = ctx
+            .compute_capability()
+            .map_err(|e| e.to_string())
+            .and_then(|(major, minor)| kernels::compile_cubin(major, minor))
+            .and_then(|c| ctx.load_module(c).map_err(|e| e.to_string()));
+        let (module, image) = match cubin {
+            Ok(m) => (Ok(m), "cubin"),
+            Err(_) => (ctx.load_module(kernels.ptx.clone()), "ptx"),
+        };
+        let module = module.map_err(|err| {
             EngineError::new(format!(
                 "cuda gpu {ordinal}: loading the kernels failed: {err} (if the ptx version is \
                  unsupported, libnvrtc is newer than the driver: use the libnvrtc of a cuda \
@@ -127,6 +140,7 @@ impl CudaEngine {
             buf,
             staging: Vec::with_capacity(kernels::params_bytes(rows) + rows * dims.context),
             grows: 0,
+            image,
             _ctx: ctx,
         })
     }
@@ -162,6 +176,11 @@ impl CudaEngine {
     /// Device ordinal (after `CUDA_VISIBLE_DEVICES`).
     pub fn ordinal(&self) -> usize {
         self.ordinal
+    }
+
+    /// How the kernels were loaded: `"cubin"` (compiled for this device) or `"ptx"` (JIT).
+    pub fn kernel_image(&self) -> &'static str {
+        self.image
     }
 
     /// Rows the device buffers currently hold.

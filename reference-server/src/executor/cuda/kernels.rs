@@ -138,6 +138,60 @@ impl CompiledKernels {
     }
 }
 
+/// Compiles [`SOURCE`] straight to a CUBIN for compute capability `major.minor` (`sm_XY`).
+///
+/// Loading SASS needs no PTX JIT in the driver, so it also works when libnvrtc is newer than the
+/// driver (CUDA minor-version compatibility covers cubins, not PTX). Engines try this first and
+/// fall back to the PTX of [`CompiledKernels::compile`].
+pub fn compile_cubin(major: i32, minor: i32) -> Result<Ptx, String> {
+    use cudarc::nvrtc::{result, sys};
+
+    /// Destroys the program on every path.
+    struct Program(sys::nvrtcProgram);
+    impl Drop for Program {
+        fn drop(&mut self) {
+            // SAFETY: the program was created by `create_program` and is destroyed only here.
+            let _ = unsafe { result::destroy_program(self.0) };
+        }
+    }
+
+    let src = std::ffi::CString::new(SOURCE).map_err(|e| e.to_string())?;
+    let prog = Program(
+        result::create_program(&src, Some(c"freelane_model.cu")).map_err(|e| format!("{e}"))?,
+    );
+    let opts = [
+        format!("--gpu-architecture=sm_{major}{minor}"),
+        "--fmad=false".to_string(),
+    ];
+    // SAFETY: `prog.0` is a live program created above (and `src` outlives it).
+    if let Err(e) = unsafe { result::compile_program(prog.0, &opts) } {
+        // SAFETY: as above; the log is a NUL-terminated C string owned by the returned Vec.
+        let log = unsafe { result::get_program_log(prog.0) }
+            .ok()
+            .map(|l| {
+                let bytes: Vec<u8> = l
+                    .iter()
+                    .take_while(|&&c| c != 0)
+                    .map(|&c| c as u8)
+                    .collect();
+                String::from_utf8_lossy(&bytes).into_owned()
+            })
+            .unwrap_or_default();
+        return Err(format!("{e}: {log}"));
+    }
+    let mut size = 0usize;
+    // SAFETY: the program compiled successfully; `size` is a valid out-pointer.
+    unsafe { sys::nvrtcGetCUBINSize(prog.0, &mut size) }
+        .result()
+        .map_err(|e| format!("{e}"))?;
+    let mut cubin = vec![0u8; size];
+    // SAFETY: `cubin` has exactly the `size` bytes NVRTC asked for.
+    unsafe { sys::nvrtcGetCUBIN(prog.0, cubin.as_mut_ptr().cast()) }
+        .result()
+        .map_err(|e| format!("{e}"))?;
+    Ok(Ptx::from_binary(cubin))
+}
+
 /// Launch shape of a grid-stride kernel over `n` elements (`n > 0`).
 pub fn grid_stride(n: usize) -> LaunchConfig {
     let blocks = n.div_ceil(BLOCK as usize).clamp(1, MAX_GRID as usize) as u32;
@@ -298,6 +352,24 @@ mod tests {
                 "{n} missing from the ptx"
             );
         }
+    }
+
+    #[test]
+    fn kernel_source_compiles_to_a_cubin_when_nvrtc_is_installed() {
+        // SAFETY: only tries to dlopen cudarc's candidate names for libnvrtc.
+        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            eprintln!("skipping: no nvrtc library (libnvrtc could not be loaded)");
+            return;
+        }
+        let cubin = compile_cubin(9, 0).expect("sm_90 cubin");
+        // `Ptx` hides its bytes; its Debug output shows the binary kind and the ELF magic.
+        let dbg = format!("{cubin:?}");
+        assert!(
+            dbg.contains("Binary([127, 69, 76, 70"),
+            "not an ELF cubin: {:.80}",
+            dbg
+        );
+        assert!(compile_cubin(1, 0).is_err(), "sm_10 must be rejected");
     }
 
     #[test]
