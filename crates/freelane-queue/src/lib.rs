@@ -130,17 +130,6 @@ mod tests {
     }
 
     #[test]
-    fn queue_empty_pop_does_not_burn_slots() {
-        let q = Queue::<u32>::new();
-        for _ in 0..5000 {
-            assert_eq!(q.pop(), None);
-        }
-        q.push(7);
-        assert_eq!(q.len(), 1);
-        assert_eq!(q.pop(), Some(7));
-    }
-
-    #[test]
     fn bounded_never_exceeds_capacity_and_gives_value_back() {
         let q = BoundedQueue::with_capacity(3);
         for i in 0..3 {

@@ -396,3 +396,31 @@ impl<T> fmt::Debug for Queue<T> {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(all(test, not(freelane_loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_empty_pop_does_not_burn_slots() {
+        let q = Queue::<u32>::new();
+        // More empty pops than a segment has slots.
+        for _ in 0..if cfg!(miri) { 1100 } else { 5000 } {
+            assert_eq!(q.pop(), None);
+        }
+        let guard = &epoch::pin();
+        let head = q.head.load(Ordering::Acquire, guard);
+        // SAFETY: pinned; head is never null.
+        let seg = unsafe { head.deref() };
+        assert_eq!(
+            seg.deq.load(Ordering::SeqCst),
+            0,
+            "empty pops claimed indices"
+        );
+        assert!(seg.next.load(Ordering::Acquire, guard).is_null());
+        q.push(7);
+        assert_eq!(seg.enq.load(Ordering::SeqCst), 1);
+        assert_eq!(q.len(), 1);
+        assert_eq!(q.pop(), Some(7));
+    }
+}
