@@ -6,19 +6,21 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::Component;
+use super::{Component, Impl};
 
 /// Usage text printed by `--help` and after a usage error.
 pub const USAGE: &str = "\
 usage: mt-scaling [--threads 1,2,4,8,12,16] [--quick] [--json FILE] [--svg FILE]
                   [--components queue,load,health,logger,metrics,end_to_end]
-                  [--duration-ms N] [--reps N]
+                  [--impls freelane,mutex] [--duration-ms N] [--reps N]
 
   --threads LIST     thread counts to measure (default 1,2,4,8,12,16; include 1 for efficiency)
   --quick            short trials (also FREELANE_BENCH_QUICK=1): 60 ms x 3 reps
   --json FILE        write the JSON report to FILE
   --svg FILE         write the throughput-vs-threads plot (SVG) to FILE
   --components LIST  components to run (default: all)
+  --impls LIST       implementations to run (default: freelane,mutex; one alone is for
+                     profiling, e.g. under `perf record`: no speed-ups then)
   --duration-ms N    length of one trial in milliseconds (default 200, quick 60)
   --reps N           timed rounds after one warm-up round (default 5, quick 3)
   --help             print this text";
@@ -37,6 +39,8 @@ pub struct Options {
     pub threads: Vec<usize>,
     /// Components to run, in the canonical order.
     pub components: Vec<Component>,
+    /// Implementations to run, in the canonical order.
+    pub impls: Vec<Impl>,
     /// Length of one trial.
     #[serde(serialize_with = "ser_ms", rename = "duration_ms")]
     pub duration: Duration,
@@ -145,6 +149,27 @@ fn parse_components(value: &str) -> Result<Vec<Component>, CliError> {
     Ok(out)
 }
 
+fn parse_impls(value: &str) -> Result<Vec<Impl>, CliError> {
+    let mut out = Vec::new();
+    for part in value.split(',').map(str::trim) {
+        let i = Impl::ALL
+            .into_iter()
+            .find(|i| i.name() == part)
+            .ok_or_else(|| {
+                bad(
+                    "--impls",
+                    value,
+                    format!("unknown implementation `{part}` (known: freelane, mutex)"),
+                )
+            })?;
+        if !out.contains(&i) {
+            out.push(i);
+        }
+    }
+    out.sort_by_key(|i| Impl::ALL.iter().position(|x| x == i));
+    Ok(out)
+}
+
 fn parse_u64(flag: &'static str, value: &str, min: u64, max: u64) -> Result<u64, CliError> {
     let n: u64 = value
         .trim()
@@ -165,6 +190,7 @@ impl Options {
     {
         let mut threads = None;
         let mut components = None;
+        let mut impls = None;
         let mut duration_ms = None;
         let mut reps = None;
         let mut quick = matches!(quick_env, Some(v) if !v.is_empty() && v != "0");
@@ -193,6 +219,7 @@ impl Options {
                 }
                 "--threads" => threads = Some(parse_threads(&value("--threads")?)?),
                 "--components" => components = Some(parse_components(&value("--components")?)?),
+                "--impls" => impls = Some(parse_impls(&value("--impls")?)?),
                 "--duration-ms" => {
                     duration_ms = Some(parse_u64(
                         "--duration-ms",
@@ -214,6 +241,7 @@ impl Options {
         Ok(Options {
             threads: threads.unwrap_or_else(|| vec![1, 2, 4, 8, 12, 16]),
             components: components.unwrap_or_else(|| Component::ALL.to_vec()),
+            impls: impls.unwrap_or_else(|| Impl::ALL.to_vec()),
             duration: Duration::from_millis(duration_ms.unwrap_or(default_ms)),
             reps: reps.unwrap_or(default_reps),
             quick,
@@ -262,6 +290,8 @@ mod tests {
         .unwrap();
         assert_eq!(o.threads, vec![1, 2, 4]);
         assert_eq!(o.components, vec![Component::Queue, Component::EndToEnd]);
+        let o = parse(&["--impls", "mutex,freelane,mutex"]).unwrap();
+        assert_eq!(o.impls, vec![Impl::Freelane, Impl::Mutex]);
         let o = parse(&["--duration-ms=5", "--reps", "2", "--json", "x.json"]).unwrap();
         assert_eq!(o.duration, Duration::from_millis(5));
         assert_eq!(o.reps, 2);

@@ -15,7 +15,7 @@ pub fn run_component(component: Component, opts: &Options) -> Vec<Measurement> {
     let pairs: Vec<(Impl, usize)> = opts
         .threads
         .iter()
-        .flat_map(|&n| Impl::ALL.map(|i| (i, n)))
+        .flat_map(|&n| opts.impls.iter().map(move |&i| (i, n)))
         .collect();
     // Every trial's samples, per candidate, including the warm-up trial (dropped below).
     let samples: Vec<RefCell<Vec<Vec<u64>>>> = pairs.iter().map(|_| RefCell::default()).collect();
