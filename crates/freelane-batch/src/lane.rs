@@ -52,6 +52,9 @@ pub struct Lane<T> {
     state: CachePadded<AtomicUsize>,
     admission: CachePadded<Admission>,
     waker: AtomicWaker,
+    /// Items pushed to `front` and not yet popped from it (a hint that spares claimers a pop on
+    /// the usually empty front queue).
+    front_len: AtomicUsize,
     front: Queue<T>,
     queue: Queue<T>,
 }
@@ -90,6 +93,7 @@ impl<T> Lane<T> {
                 reserved: AtomicUsize::new(0),
             }),
             waker: AtomicWaker::new(),
+            front_len: AtomicUsize::new(0),
             front: Queue::new(),
             queue: Queue::new(),
         }
@@ -131,6 +135,9 @@ impl<T> Lane<T> {
     pub fn push_front(&self, item: T) -> Pushed {
         self.reserve(1);
         self.front.push(item);
+        // Relaxed: ordered before publish()'s Release RMW (program order), so a claimer that
+        // acquires the count also sees this increment.
+        self.front_len.fetch_add(1, Ordering::Relaxed);
         self.publish(1)
     }
 
@@ -234,8 +241,14 @@ impl<T> Lane<T> {
     fn pop_claimed(&self) -> T {
         let mut backoff = Backoff::new();
         loop {
-            if let Some(v) = self.front.pop() {
-                return v;
+            // Relaxed: a hint; the claim's Acquire CAS already ordered the counted pushes (and
+            // their front_len increments) before us. A stale value only costs a retry.
+            if self.front_len.load(Ordering::Relaxed) > 0 {
+                if let Some(v) = self.front.pop() {
+                    // Relaxed: hint bookkeeping (see above).
+                    self.front_len.fetch_sub(1, Ordering::Relaxed);
+                    return v;
+                }
             }
             if let Some(v) = self.queue.pop() {
                 return v;

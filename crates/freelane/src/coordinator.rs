@@ -1180,6 +1180,16 @@ impl<E: Executor> Inner<E> {
     }
 }
 
+impl<E: Executor> Drop for Inner<E> {
+    fn drop(&mut self) {
+        // No worker, monitor or batch refers to us any more: answer whatever is still queued
+        // (a manual-mode coordinator dropped with work in its lanes) instead of dropping it.
+        for g in 0..self.lanes.len() {
+            self.fail_closed_lane(g);
+        }
+    }
+}
+
 async fn worker<E: Executor>(inner: Arc<Inner<E>>, g: usize) {
     let gpu = GpuId(g as u32);
     let lane = Arc::clone(&inner.lanes[g]);
