@@ -55,6 +55,7 @@ const THREADS: u64 = 4;
 const PER_THREAD: u64 = if cfg!(miri) { 20 } else { 20_000 };
 
 #[test]
+#[cfg_attr(miri, ignore)] // file I/O needs -Zmiri-disable-isolation; the other tests cover miri
 fn four_threads_every_line_reaches_the_file_through_shutdown() {
     let dir = std::env::temp_dir().join(format!("freelane-log-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
