@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use crate::config::BatchConfig;
 use crate::lane::Lane;
-use crate::request::{Answer, Entry, ExecError, Observer, Outcome, OutcomeKind};
+use crate::request::{Answer, Entry, ExecError, Observer, Outcome};
 
 /// The entries an executor runs together, in numbered slots.
 ///
@@ -318,20 +318,23 @@ impl<I, O, X> Batch<I, O, X> {
     }
 
     fn answer_entry(&mut self, mut e: Entry<I, O, X>, outcome: Outcome<O>, now: Instant) {
-        let kind: OutcomeKind = outcome.kind();
-        if e.answer(outcome) {
-            self.answered += 1;
-            if let Some(obs) = &self.observer {
-                obs.answered(&Answer {
-                    lane: self.lane,
-                    kind,
-                    tokens: e.tokens(),
-                    enqueued: e.enqueued_at(),
-                    started: e.started_at(),
-                    answered: now,
-                });
-            }
+        if !e.is_unanswered() {
+            return;
         }
+        // The observer runs before the answer is sent, so whatever it records (metrics,
+        // counters) happens-before the caller sees the outcome.
+        if let Some(obs) = &self.observer {
+            obs.answered(&Answer {
+                lane: self.lane,
+                kind: outcome.kind(),
+                tokens: e.tokens(),
+                enqueued: e.enqueued_at(),
+                started: e.started_at(),
+                answered: now,
+            });
+        }
+        self.answered += 1;
+        e.answer(outcome);
     }
 }
 

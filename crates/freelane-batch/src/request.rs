@@ -450,7 +450,8 @@ pub struct Answer {
 }
 
 /// Told about every request a [`Batch`](crate::Batch) answers (for latency histograms, counters).
-/// Called on the answering thread; keep it cheap and lock-free.
+/// Called on the answering thread just *before* the answer is sent, so what it records
+/// happens-before the caller observes the outcome. Keep it cheap and lock-free.
 pub trait Observer: Send + Sync + 'static {
     /// One request was answered.
     fn answered(&self, answer: &Answer);

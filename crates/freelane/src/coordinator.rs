@@ -1154,17 +1154,19 @@ impl<E: Executor> Inner<E> {
     }
 
     fn answer_loose(&self, g: usize, mut e: EntryOf<E>, outcome: Outcome<E::Output>, now: Instant) {
-        let kind = outcome.kind();
-        if e.answer(outcome) {
-            self.answered(&Answer {
-                lane: g,
-                kind,
-                tokens: e.tokens(),
-                enqueued: e.enqueued_at(),
-                started: e.started_at(),
-                answered: now,
-            });
+        if !e.is_unanswered() {
+            return;
         }
+        // Metrics first, so they happen-before the caller sees the outcome.
+        self.answered(&Answer {
+            lane: g,
+            kind: outcome.kind(),
+            tokens: e.tokens(),
+            enqueued: e.enqueued_at(),
+            started: e.started_at(),
+            answered: now,
+        });
+        e.answer(outcome);
     }
 
     fn begin_shutdown(&self) {

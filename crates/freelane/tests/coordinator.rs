@@ -508,9 +508,9 @@ async fn idle_worker_steals_from_a_busy_lane() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missed_heartbeat_fails_over_the_queued_requests() {
     // GPU 0 hangs in its first batch; the monitor notices the silence and moves its queue.
-    let exec = Fake::ok().with_delay(|g| (g.0 == 0).then_some(Duration::from_secs(3)));
+    let exec = Fake::ok().with_delay(|g| (g.0 == 0).then_some(Duration::from_secs(5)));
     let health = HealthConfig::builder()
-        .heartbeat_timeout(Duration::from_millis(100))
+        .heartbeat_timeout(Duration::from_millis(300))
         .build()
         .unwrap();
     let c = Coordinator::builder(exec)
@@ -550,7 +550,7 @@ async fn missed_heartbeat_fails_over_the_queued_requests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recovery_brings_the_lane_back() {
     let health = HealthConfig::builder()
-        .heartbeat_timeout(Duration::from_millis(40))
+        .heartbeat_timeout(Duration::from_millis(100))
         .recover_after_heartbeats(2)
         .build()
         .unwrap();
