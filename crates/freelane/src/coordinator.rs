@@ -678,7 +678,9 @@ impl<E: Executor> Coordinator<E> {
     /// Graceful shutdown: stops admission (`submit` answers [`Rejected::ShuttingDown`]), lets the
     /// workers finish every queued request, waits for them, then fails anything left (requests
     /// that raced the close, or everything queued when no workers run) with
-    /// [`ErrorKind::ShuttingDown`]. Idempotent.
+    /// [`ErrorKind::ShuttingDown`]. Idempotent. It waits for batches already running: set an
+    /// [`exec_timeout`](CoordinatorBuilder::exec_timeout) to bound that wait for an executor
+    /// that may hang.
     pub async fn shutdown(&self) {
         self.inner.begin_shutdown();
         let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
