@@ -48,6 +48,37 @@ type LaneOf<E> = Lane<Entry<<E as Executor>::Input, <E as Executor>::Output>>;
 type BatchOf<E> = Batch<<E as Executor>::Input, <E as Executor>::Output>;
 type EntryOf<E> = Entry<<E as Executor>::Input, <E as Executor>::Output>;
 
+/// A request [`Coordinator::try_submit`] refused, given back with the reason.
+pub struct Refused<I> {
+    /// Why it was refused.
+    pub reason: Rejected,
+    /// The request, unchanged except that a configured default deadline may have been set.
+    pub request: Request<I>,
+}
+
+impl<I> Refused<I> {
+    /// The request.
+    pub fn into_inner(self) -> Request<I> {
+        self.request
+    }
+}
+
+impl<I> fmt::Debug for Refused<I> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Refused")
+            .field("reason", &self.reason)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<I> fmt::Display for Refused<I> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.reason, f)
+    }
+}
+
+impl<I> std::error::Error for Refused<I> {}
+
 /// Per-GPU counters (statistics and hints; all Relaxed).
 #[derive(Default)]
 struct GpuCounters {
@@ -551,10 +582,19 @@ impl<E: Executor> Coordinator<E> {
     /// queues the request on its lane. Never blocks. The [`Handle`] resolves to exactly one
     /// [`Outcome`]; dropping it cancels the request.
     pub fn submit(&self, request: Request<E::Input>) -> Result<Handle<E::Output>, Rejected> {
+        self.try_submit(request).map_err(|r| r.reason)
+    }
+
+    /// As [`submit`](Self::submit), but a refused request is given back in the error (to retry
+    /// it later or elsewhere without cloning the payload).
+    pub fn try_submit(
+        &self,
+        request: Request<E::Input>,
+    ) -> Result<Handle<E::Output>, Refused<E::Input>> {
         let r = self.inner.submit(request);
         match &r {
             Ok(_) => self.inner.metrics.accepted.inc(),
-            Err(e) => self.inner.metrics.rejected[reject_index(e)].inc(),
+            Err(e) => self.inner.metrics.rejected[reject_index(&e.reason)].inc(),
         }
         r
     }
@@ -759,18 +799,23 @@ impl<E: Executor> Inner<E> {
         Arc::clone(self) as Arc<dyn Observer>
     }
 
-    fn submit(&self, mut request: Request<E::Input>) -> Result<Handle<E::Output>, Rejected> {
+    fn submit(
+        &self,
+        mut request: Request<E::Input>,
+    ) -> Result<Handle<E::Output>, Refused<E::Input>> {
+        let refuse = |reason, request| Err(Refused { reason, request });
         // Relaxed: an early reject only; a request racing the close is caught by the lane
         // (Pushed::Closed) and answered, never stranded.
         if self.shutting_down.load(Ordering::Relaxed) {
-            return Err(Rejected::ShuttingDown);
+            return refuse(Rejected::ShuttingDown, request);
         }
         let limit = self.config.batch.max_request_tokens();
         if request.tokens > limit {
-            return Err(Rejected::TooLarge {
+            let reason = Rejected::TooLarge {
                 tokens: request.tokens,
                 limit,
-            });
+            };
+            return refuse(reason, request);
         }
         let now = Instant::now();
         if request.deadline.is_none() {
@@ -779,10 +824,12 @@ impl<E: Executor> Inner<E> {
             }
         }
         let health = &*self.health;
-        let guard = self
+        let Some(guard) = self
             .board
             .pick_and_acquire(self.config.policy, request.tokens, |g| health.is_usable(g))
-            .ok_or(Rejected::Unavailable)?;
+        else {
+            return refuse(Rejected::Unavailable, request);
+        };
         let g = guard.gpu().index();
         let (entry, handle) = Entry::new_at(request, Ticket { guard: Some(guard) }, now);
         match self.lanes[g].try_push(entry) {
@@ -792,11 +839,18 @@ impl<E: Executor> Inner<E> {
                 Ok(handle)
             }
             Err(Full(mut e)) => {
-                // Never queued: answer it quietly (the handle is dropped with the rejection).
+                // Never queued: rebuild the request and answer the entry quietly (its handle is
+                // dropped with the refusal); its load reservation is released with it.
+                let request = Request {
+                    payload: e.take_payload().expect("a fresh entry holds its payload"),
+                    tokens: e.tokens(),
+                    deadline: e.deadline(),
+                };
                 e.answer(Outcome::Cancelled);
-                Err(Rejected::Overloaded {
+                let reason = Rejected::Overloaded {
                     retry_after: self.retry_hint(g),
-                })
+                };
+                refuse(reason, request)
             }
         }
     }

@@ -100,7 +100,7 @@ pub use freelane_queue as queue;
 
 pub use config::{ConfigError, CoordinatorConfig, Rejected, MAX_GPUS};
 pub use coordinator::{
-    Batch, Coordinator, CoordinatorBuilder, Entry, GpuSnapshot, Metrics, Stats, Ticket,
+    Batch, Coordinator, CoordinatorBuilder, Entry, GpuSnapshot, Metrics, Refused, Stats, Ticket,
 };
 pub use executor::Executor;
 pub use freelane_batch::{
