@@ -37,6 +37,11 @@ pub struct Batch<I, O, X = ()> {
 impl<I, O, X> Batch<I, O, X> {
     /// An empty batch for lane (GPU index) `lane` with the given limits.
     pub fn new(lane: usize, limits: BatchConfig) -> Self {
+        Self::new_at(lane, limits, Instant::now())
+    }
+
+    /// As [`new`](Self::new), formed at `now` (saves a clock read when the caller has one).
+    pub fn new_at(lane: usize, limits: BatchConfig, now: Instant) -> Self {
         Self {
             lane,
             slots: Vec::new(),
@@ -48,7 +53,7 @@ impl<I, O, X> Batch<I, O, X> {
             limits,
             source: None,
             observer: None,
-            formed: Instant::now(),
+            formed: now,
             oldest: None,
         }
     }
@@ -195,11 +200,16 @@ impl<I, O, X> Batch<I, O, X> {
     pub fn finish_all(&mut self, mut f: impl FnMut(&mut Entry<I, O, X>) -> O) {
         let now = Instant::now();
         for i in 0..self.slots.len() {
-            if let Some(mut e) = self.remove(i) {
+            if let Some(mut e) = self.slots[i].take() {
+                self.active -= 1;
+                self.tokens = self.tokens.saturating_sub(e.tokens());
                 let out = f(&mut e);
                 self.answer_entry(e, Outcome::Completed(out), now);
             }
         }
+        // Every slot is free now: keep the allocation, forget the free list.
+        self.slots.clear();
+        self.free.clear();
     }
 
     /// Fails every active entry with `error`.

@@ -440,16 +440,29 @@ impl<E: Executor> CoordinatorBuilder<E> {
         let board = Arc::new(LoadBoard::new(n));
         let health = Arc::new(HealthTable::new(n, config.health.clone()));
         register_gauges::<E>(&registry, &lanes, &board, &health, &counters);
-        let inner = Arc::new(Inner {
-            executor: self.executor,
+        let rec = Arc::new(Recorder {
+            metrics,
+            health: Arc::clone(&health),
+            counters: Arc::clone(&counters),
             epoch: Instant::now(),
             hb_interval_ns: nanos(config.heartbeat_interval()),
+        });
+        let observers: Box<[Arc<dyn Observer>]> = (0..n)
+            .map(|_| {
+                Arc::new(GpuObserver {
+                    rec: Arc::clone(&rec),
+                }) as Arc<dyn Observer>
+            })
+            .collect();
+        let inner = Arc::new(Inner {
+            executor: self.executor,
             config,
             lanes,
             board,
             health,
             counters,
-            metrics,
+            rec,
+            observers,
             shutting_down: AtomicBool::new(false),
             idle_mask: AtomicU64::new(0),
             stop: tokio::sync::Notify::new(),
@@ -529,13 +542,75 @@ struct Inner<E: Executor> {
     board: Arc<LoadBoard>,
     health: Arc<HealthTable>,
     counters: Arc<[CachePadded<GpuCounters>]>,
-    metrics: Metrics,
+    rec: Arc<Recorder>,
+    /// One observer per GPU (separate allocations), so that cloning it for a batch touches a
+    /// per-GPU reference count instead of one shared by every thread.
+    observers: Box<[Arc<dyn Observer>]>,
     shutting_down: AtomicBool,
     /// Bit g set while worker g (< 64) waits for work: a hint for backlog nudges.
     idle_mask: AtomicU64,
+    stop: tokio::sync::Notify,
+}
+
+/// What every answer and every batch step reports to: metrics, heartbeats.
+struct Recorder {
+    metrics: Metrics,
+    health: Arc<HealthTable>,
+    counters: Arc<[CachePadded<GpuCounters>]>,
     epoch: Instant,
     hb_interval_ns: u64,
-    stop: tokio::sync::Notify,
+}
+
+impl Recorder {
+    fn record(&self, a: &Answer) {
+        let m = &self.metrics;
+        m.outcomes[outcome_index(a.kind)].inc();
+        m.end_to_end
+            .record(nanos(a.answered.saturating_duration_since(a.enqueued)));
+        if let Some(s) = a.started {
+            m.queue_time
+                .record(nanos(s.saturating_duration_since(a.enqueued)));
+            m.exec_time
+                .record(nanos(a.answered.saturating_duration_since(s)));
+        }
+    }
+
+    /// Sends `g`'s heartbeat if the last one is older than the interval; returns the transition
+    /// it caused, if any.
+    fn heartbeat_if_due(&self, g: usize, now: Instant) -> Option<Transition> {
+        let now_ns = nanos(now.saturating_duration_since(self.epoch));
+        let c = &self.counters[g];
+        // Relaxed: rate limiting only; the health table orders the heartbeat itself.
+        let last = c.last_heartbeat_ns.load(Ordering::Relaxed);
+        if now_ns.saturating_sub(last) < self.hb_interval_ns {
+            return None;
+        }
+        // Relaxed: as above; the winner of the CAS sends the heartbeat.
+        c.last_heartbeat_ns
+            .compare_exchange(last, now_ns, Ordering::Relaxed, Ordering::Relaxed)
+            .ok()?;
+        let t = self.health.heartbeat(GpuId(g as u32), now).ok().flatten()?;
+        log_transition(&t);
+        Some(t)
+    }
+}
+
+/// A GPU's observer: forwards to the shared [`Recorder`]. Aligned to its own cache lines so
+/// that per-batch reference counting on different GPUs never shares a line.
+#[repr(align(128))]
+struct GpuObserver {
+    rec: Arc<Recorder>,
+}
+
+impl Observer for GpuObserver {
+    fn answered(&self, a: &Answer) {
+        self.rec.record(a);
+    }
+
+    fn step(&self, lane: usize) {
+        // The lane's own worker is the one running this batch: no nudge needed.
+        let _ = self.rec.heartbeat_if_due(lane, Instant::now());
+    }
 }
 
 /// Distributes requests over GPU lanes, batches them, runs them through an [`Executor`], and
@@ -593,8 +668,8 @@ impl<E: Executor> Coordinator<E> {
     ) -> Result<Handle<E::Output>, Refused<E::Input>> {
         let r = self.inner.submit(request);
         match &r {
-            Ok(_) => self.inner.metrics.accepted.inc(),
-            Err(e) => self.inner.metrics.rejected[reject_index(&e.reason)].inc(),
+            Ok(_) => self.inner.rec.metrics.accepted.inc(),
+            Err(e) => self.inner.rec.metrics.rejected[reject_index(&e.reason)].inc(),
         }
         r
     }
@@ -644,7 +719,7 @@ impl<E: Executor> Coordinator<E> {
     /// A snapshot of every GPU and the answer counts, for `/stats`.
     pub fn stats(&self) -> Stats {
         let i = &*self.inner;
-        let m = &i.metrics;
+        let m = &i.rec.metrics;
         let gpus = (0..i.config.gpus)
             .map(|g| {
                 let c = &i.counters[g];
@@ -687,12 +762,12 @@ impl<E: Executor> Coordinator<E> {
 
     /// The metrics (histograms, counters) and their registry, for `/metrics`.
     pub fn metrics(&self) -> &Metrics {
-        &self.inner.metrics
+        &self.inner.rec.metrics
     }
 
     /// The registry (shortcut for `metrics().registry()`).
     pub fn registry(&self) -> &Arc<Registry> {
-        &self.inner.metrics.registry
+        &self.inner.rec.metrics.registry
     }
 
     /// The health table.
@@ -775,28 +850,13 @@ fn log_transition(t: &Transition) {
     }
 }
 
-impl<E: Executor> Observer for Inner<E> {
-    fn answered(&self, a: &Answer) {
-        let m = &self.metrics;
-        m.outcomes[outcome_index(a.kind)].inc();
-        m.end_to_end
-            .record(nanos(a.answered.saturating_duration_since(a.enqueued)));
-        if let Some(s) = a.started {
-            m.queue_time
-                .record(nanos(s.saturating_duration_since(a.enqueued)));
-            m.exec_time
-                .record(nanos(a.answered.saturating_duration_since(s)));
-        }
-    }
-
-    fn step(&self, lane: usize) {
-        self.heartbeat_if_due(lane, Instant::now());
-    }
-}
-
 impl<E: Executor> Inner<E> {
-    fn observer(self: &Arc<Self>) -> Arc<dyn Observer> {
-        Arc::clone(self) as Arc<dyn Observer>
+    fn observer(&self, g: usize) -> Arc<dyn Observer> {
+        Arc::clone(&self.observers[g])
+    }
+
+    fn answered(&self, a: &Answer) {
+        self.rec.record(a);
     }
 
     fn submit(
@@ -866,10 +926,10 @@ impl<E: Executor> Inner<E> {
             .clamp(Duration::from_millis(10), Duration::from_secs(60))
     }
 
-    fn new_batch(self: &Arc<Self>, g: usize) -> BatchOf<E> {
-        Batch::new(g, self.config.batch)
+    fn new_batch(&self, g: usize, now: Instant) -> BatchOf<E> {
+        Batch::new_at(g, self.config.batch, now)
             .with_source(Arc::clone(&self.lanes[g]))
-            .with_observer(self.observer())
+            .with_observer(self.observer(g))
     }
 
     fn try_next_batch(self: &Arc<Self>, g: usize, strict_steal: bool) -> Option<BatchOf<E>> {
@@ -877,8 +937,9 @@ impl<E: Executor> Inner<E> {
             return None;
         }
         if self.health.is_usable(GpuId(g as u32)) {
-            let mut b = self.new_batch(g);
-            b.fill_from(&self.lanes[g], Instant::now());
+            let now = Instant::now();
+            let mut b = self.new_batch(g, now);
+            b.fill_from(&self.lanes[g], now);
             if !b.is_empty() {
                 return Some(b);
             }
@@ -914,8 +975,9 @@ impl<E: Executor> Inner<E> {
             }
         }
         let v = victim?;
-        let mut b = self.new_batch(g);
-        b.fill_from(&self.lanes[v], Instant::now());
+        let now = Instant::now();
+        let mut b = self.new_batch(g, now);
+        b.fill_from(&self.lanes[v], now);
         if b.is_empty() {
             return None;
         }
@@ -934,22 +996,7 @@ impl<E: Executor> Inner<E> {
     }
 
     fn heartbeat_if_due(&self, g: usize, now: Instant) {
-        let now_ns = nanos(now.saturating_duration_since(self.epoch));
-        let c = &self.counters[g];
-        // Relaxed: rate limiting only; the health table orders the heartbeat itself.
-        let last = c.last_heartbeat_ns.load(Ordering::Relaxed);
-        if now_ns.saturating_sub(last) < self.hb_interval_ns {
-            return;
-        }
-        // Relaxed: as above; the winner of the CAS sends the heartbeat.
-        if c.last_heartbeat_ns
-            .compare_exchange(last, now_ns, Ordering::Relaxed, Ordering::Relaxed)
-            .is_err()
-        {
-            return;
-        }
-        if let Ok(Some(t)) = self.health.heartbeat(GpuId(g as u32), now) {
-            log_transition(&t);
+        if self.rec.heartbeat_if_due(g, now).is_some() {
             self.lanes[g].nudge();
         }
     }
@@ -1047,8 +1094,8 @@ impl<E: Executor> Inner<E> {
             prev - prev / 8 + ns / 8
         };
         c.exec_ewma_ns.store(ewma, Ordering::Relaxed);
-        self.metrics.batch_size.record(size as u64);
-        self.metrics.batch_time.record(ns);
+        self.rec.metrics.batch_size.record(size as u64);
+        self.rec.metrics.batch_time.record(ns);
         match result {
             Ok(()) => {
                 if !batch.is_empty() {
@@ -1252,7 +1299,7 @@ async fn worker<E: Executor>(inner: Arc<Inner<E>>, g: usize) {
     let gpu = GpuId(g as u32);
     let lane = Arc::clone(&inner.lanes[g]);
     let mut batcher =
-        Batcher::new(g, Arc::clone(&lane), inner.config.batch).with_observer(inner.observer());
+        Batcher::new(g, Arc::clone(&lane), inner.config.batch).with_observer(inner.observer(g));
     let idle = inner
         .config
         .idle_interval
