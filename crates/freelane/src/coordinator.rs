@@ -936,7 +936,7 @@ impl<E: Executor> Inner<E> {
         if g >= self.config.gpus {
             return None;
         }
-        if self.health.is_usable(GpuId(g as u32)) {
+        if !self.lanes[g].is_empty() && self.health.is_usable(GpuId(g as u32)) {
             let now = Instant::now();
             let mut b = self.new_batch(g, now);
             b.fill_from(&self.lanes[g], now);
