@@ -88,8 +88,9 @@ impl<T: Pod> SeqLock<T> {
         self.try_read_versioned().map(|(v, _)| v)
     }
 
+    /// One read attempt with the version: `None` if a writer was active during it.
     #[inline]
-    fn try_read_versioned(&self) -> Option<(T, u64)> {
+    pub fn try_read_versioned(&self) -> Option<(T, u64)> {
         // Acquire: pairs with the Release store of the even sequence in `unlock`, so the words
         // of the write that stored `s1` (and all earlier ones) are visible to the loads below.
         let s1 = self.seq.load(Ordering::Acquire);

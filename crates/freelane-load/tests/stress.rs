@@ -1,0 +1,118 @@
+//! Multi-thread stress (oversubscribed: more threads than cores) checking conservation: every
+//! acquire is released exactly once, counters never go negative and return to zero, and picks
+//! never land on an ineligible GPU.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier};
+use std::thread;
+
+use freelane_load::{GpuId, LoadBoard, Policy};
+
+const OPS: usize = if cfg!(miri) { 50 } else { 50_000 };
+const THREADS: usize = if cfg!(miri) { 3 } else { 8 };
+const GPUS: u32 = 5;
+
+#[test]
+fn oversubscribed_routers_balance_back_to_zero() {
+    let board = Arc::new(LoadBoard::with_weights(&[1, 2, 1, 3, 1]).unwrap());
+    let start = Arc::new(Barrier::new(THREADS + 1));
+    let stop = Arc::new(AtomicBool::new(false));
+    // A reader that checks the counters stay within bounds while everything runs.
+    let watcher = {
+        let (board, stop) = (Arc::clone(&board), Arc::clone(&stop));
+        thread::spawn(move || {
+            let mut reads = 0u64;
+            // Relaxed: the flag carries no data; join() orders the final state.
+            while !stop.load(Ordering::Relaxed) {
+                for g in 0..GPUS {
+                    let s = board.stats(GpuId(g)).unwrap();
+                    // Each thread holds at most 3 guards of cost < 100.
+                    assert!(s.in_flight <= 3 * THREADS as u64, "{s:?}");
+                    assert!(s.cost <= 300 * THREADS as u64, "{s:?}");
+                }
+                reads += 1;
+                thread::yield_now();
+            }
+            reads
+        })
+    };
+    let handles: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let (board, start) = (Arc::clone(&board), Arc::clone(&start));
+            thread::spawn(move || {
+                start.wait();
+                let mut held = Vec::with_capacity(3);
+                let mut failures = 0u64;
+                let policies = [
+                    Policy::LeastLoaded,
+                    Policy::PowerOfTwoChoices,
+                    Policy::RoundRobin,
+                ];
+                for i in 0..OPS {
+                    let policy = policies[(i + t) % 3];
+                    let cost = ((i * 7 + t) % 100) as u64;
+                    // GPU 2 is never eligible.
+                    let g = board
+                        .pick_and_acquire(policy, cost, |g| g != GpuId(2))
+                        .expect("four gpus are eligible");
+                    assert_ne!(g.gpu(), GpuId(2));
+                    assert_eq!(g.cost(), cost);
+                    held.push(g);
+                    if held.len() == 3 || i % 5 == 0 {
+                        let g = held.remove(0);
+                        if i % 11 == 0 {
+                            failures += 1;
+                            g.fail();
+                        }
+                    }
+                }
+                drop(held);
+                failures
+            })
+        })
+        .collect();
+    start.wait();
+    let failures: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    // Relaxed: see the watcher.
+    stop.store(true, Ordering::Relaxed);
+    assert!(watcher.join().unwrap() > 0);
+    let mut allocations = 0;
+    let mut recorded_failures = 0;
+    for g in 0..GPUS {
+        let s = board.stats(GpuId(g)).unwrap();
+        assert_eq!(
+            (s.in_flight, s.cost),
+            (0, 0),
+            "gpu{g} did not balance: {s:?}"
+        );
+        assert_eq!(s.releases, s.allocations);
+        allocations += s.allocations;
+        recorded_failures += s.failures;
+    }
+    assert_eq!(board.stats(GpuId(2)).unwrap().allocations, 0);
+    assert_eq!(allocations, (THREADS * OPS) as u64);
+    assert_eq!(recorded_failures, failures);
+}
+
+#[test]
+fn guards_moved_across_threads_release_exactly_once() {
+    let board = Arc::new(LoadBoard::new(2));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let producer = {
+        let board = Arc::clone(&board);
+        thread::spawn(move || {
+            for i in 0..OPS {
+                tx.send(board.acquire(GpuId((i % 2) as u32), i as u64 % 13))
+                    .unwrap();
+            }
+        })
+    };
+    let mut n = 0;
+    for g in rx {
+        drop(g);
+        n += 1;
+    }
+    producer.join().unwrap();
+    assert_eq!(n, OPS);
+    assert_eq!(board.load(GpuId(0)) + board.load(GpuId(1)), 0);
+}
