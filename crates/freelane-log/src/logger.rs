@@ -115,11 +115,17 @@ impl Default for Builder {
 }
 
 impl Builder {
-    /// Defaults: 16384 slots, [`Overflow::Drop`] with ERROR never dropped, batches of up to 512
+    /// Defaults: 16384 slots (64 under miri), [`Overflow::Drop`] with ERROR never dropped, batches of up to 512
     /// events, the drainer polls at most every 1 ms when idle, 10 s shutdown timeout on drop.
     pub fn new() -> Self {
         Self {
-            capacity: if freelane_sync::LOOM { 2 } else { 16_384 },
+            capacity: if freelane_sync::LOOM {
+                2
+            } else if cfg!(miri) {
+                64 // keeps the miri suite fast
+            } else {
+                16_384
+            },
             overflow: Overflow::Drop,
             never_drop: Some(Level::ERROR),
             batch: 512,
