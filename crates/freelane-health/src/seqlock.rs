@@ -52,6 +52,8 @@ pub struct SeqLock<T> {
 impl<T: Pod> SeqLock<T> {
     /// Words needed for a `T`.
     const WORDS: usize = std::mem::size_of::<T>().div_ceil(8);
+    /// `T` can be viewed as `[u64]` (whole words, 8-byte alignment): the copy fast path.
+    const WORD_ALIGNED: bool = std::mem::size_of::<T>() % 8 == 0 && std::mem::align_of::<T>() >= 8;
 
     /// A seqlock holding `value` (version 0).
     pub fn new(value: T) -> Self {
@@ -172,6 +174,15 @@ impl<T: Pod> SeqLock<T> {
     #[inline]
     fn store_words(&self, value: &T) {
         let bytes = bytemuck::bytes_of(value);
+        if Self::WORD_ALIGNED {
+            // Fast path: `T` is a whole number of 8-aligned words, so view it as `[u64]`.
+            let src: &[u64] = bytemuck::cast_slice(bytes);
+            for (v, word) in src.iter().zip(self.words.iter()) {
+                // Relaxed: as below.
+                word.store(*v, Ordering::Relaxed);
+            }
+            return;
+        }
         for (chunk, word) in bytes.chunks(8).zip(self.words.iter()) {
             let mut buf = [0u8; 8];
             buf[..chunk.len()].copy_from_slice(chunk);
@@ -185,6 +196,15 @@ impl<T: Pod> SeqLock<T> {
     #[inline]
     fn load_words(&self, value: &mut T) {
         let bytes = bytemuck::bytes_of_mut(value);
+        if Self::WORD_ALIGNED {
+            // Fast path: `T` is a whole number of 8-aligned words, so view it as `[u64]`.
+            let dst: &mut [u64] = bytemuck::cast_slice_mut(bytes);
+            for (v, word) in dst.iter_mut().zip(self.words.iter()) {
+                // Relaxed: as below.
+                *v = word.load(Ordering::Relaxed);
+            }
+            return;
+        }
         for (chunk, word) in bytes.chunks_mut(8).zip(self.words.iter()) {
             // Relaxed: ordered by the Acquire sequence load before and the Acquire fence after.
             let buf = word.load(Ordering::Relaxed).to_ne_bytes();

@@ -480,26 +480,7 @@ impl LoadBoard {
     /// removes exactly that again; [`LoadError::UnknownGpu`] or [`LoadError::Overflow`] leave
     /// the board unchanged (see the crate docs on overflow).
     pub fn try_acquire(self: &Arc<Self>, gpu: GpuId, cost: u64) -> Result<LoadGuard, LoadError> {
-        let g = gpu.index();
-        if g >= self.gpus {
-            return Err(LoadError::UnknownGpu {
-                gpu,
-                gpus: self.gpus,
-            });
-        }
-        let cost = cost.min(MAX_COST);
-        let delta = ONE_IN_FLIGHT + cost;
-        let slot = self.slot(g);
-        // Relaxed: the packed counter publishes no data; the exact sum only needs the RMW's
-        // atomicity (single modification order), which every ordering provides.
-        let prev = slot.fetch_add(delta, Ordering::Relaxed);
-        if prev >> COST_BITS >= MAX_IN_FLIGHT || (prev & COST_MASK) > MAX_COST - cost {
-            // Relaxed: undoes the add above exactly (modular arithmetic); same reasoning.
-            slot.fetch_sub(delta, Ordering::Relaxed);
-            return Err(LoadError::Overflow { gpu });
-        }
-        // Relaxed: a statistics counter, exact by RMW atomicity.
-        self.stats[g].allocations.fetch_add(1, Ordering::Relaxed);
+        let delta = self.add(gpu, cost)?;
         Ok(LoadGuard {
             board: Arc::clone(self),
             gpu,
@@ -530,6 +511,69 @@ impl LoadBoard {
     ) -> Option<LoadGuard> {
         let gpu = self.pick(policy, eligible)?;
         self.try_acquire(gpu, cost).ok()
+    }
+
+    /// Like [`try_acquire`](Self::try_acquire) but returns a guard that borrows the board
+    /// instead of owning an `Arc` clone: no reference-count traffic on the shared `Arc` (which
+    /// every router would otherwise increment and decrement on one cache line). Use it when
+    /// the load is held within one scope (a synchronous request handler, a benchmark).
+    pub fn try_acquire_local(
+        &self,
+        gpu: GpuId,
+        cost: u64,
+    ) -> Result<LocalLoadGuard<'_>, LoadError> {
+        let delta = self.add(gpu, cost)?;
+        Ok(LocalLoadGuard {
+            board: self,
+            gpu,
+            delta,
+        })
+    }
+
+    /// [`pick_and_acquire`](Self::pick_and_acquire) with a borrowed guard (see
+    /// [`try_acquire_local`](Self::try_acquire_local)).
+    pub fn pick_and_acquire_local(
+        &self,
+        policy: Policy,
+        cost: u64,
+        eligible: impl Fn(GpuId) -> bool,
+    ) -> Option<LocalLoadGuard<'_>> {
+        let gpu = self.pick(policy, eligible)?;
+        self.try_acquire_local(gpu, cost).ok()
+    }
+
+    /// Adds one request of `cost` to `gpu`; returns the packed delta to subtract on release.
+    #[inline]
+    fn add(&self, gpu: GpuId, cost: u64) -> Result<u64, LoadError> {
+        let g = gpu.index();
+        if g >= self.gpus {
+            return Err(LoadError::UnknownGpu {
+                gpu,
+                gpus: self.gpus,
+            });
+        }
+        let cost = cost.min(MAX_COST);
+        let delta = ONE_IN_FLIGHT + cost;
+        let slot = self.slot(g);
+        // Relaxed: the packed counter publishes no data; the exact sum only needs the RMW's
+        // atomicity (single modification order), which every ordering provides.
+        let prev = slot.fetch_add(delta, Ordering::Relaxed);
+        if prev >> COST_BITS >= MAX_IN_FLIGHT || (prev & COST_MASK) > MAX_COST - cost {
+            // Relaxed: undoes the add above exactly (modular arithmetic); same reasoning.
+            slot.fetch_sub(delta, Ordering::Relaxed);
+            return Err(LoadError::Overflow { gpu });
+        }
+        // Relaxed: a statistics counter, exact by RMW atomicity.
+        self.stats[g].allocations.fetch_add(1, Ordering::Relaxed);
+        Ok(delta)
+    }
+
+    /// Removes a delta added by `add`.
+    #[inline]
+    fn remove(&self, gpu: GpuId, delta: u64) {
+        // Relaxed: removes exactly the delta the matching fetch_add added; the exact sum needs
+        // only RMW atomicity. Nothing is published through the counter.
+        self.slot(gpu.index()).fetch_sub(delta, Ordering::Relaxed);
     }
 
     /// `true` when `a` is strictly less loaded than `b`, after weighting.
@@ -678,11 +722,51 @@ impl fmt::Debug for LoadGuard {
 
 impl Drop for LoadGuard {
     fn drop(&mut self) {
-        // Relaxed: removes exactly the delta the matching fetch_add added; the exact sum needs
-        // only RMW atomicity. Nothing is published through the counter.
-        self.board
-            .slot(self.gpu.index())
-            .fetch_sub(self.delta, Ordering::Relaxed);
+        self.board.remove(self.gpu, self.delta);
+    }
+}
+
+/// A reservation like [`LoadGuard`] that borrows its board (no `Arc` reference counting);
+/// dropping it releases exactly what was added.
+#[must_use = "dropping a LocalLoadGuard immediately releases the load it reserved"]
+pub struct LocalLoadGuard<'a> {
+    board: &'a LoadBoard,
+    gpu: GpuId,
+    delta: u64,
+}
+
+impl LocalLoadGuard<'_> {
+    /// The GPU this guard holds load on.
+    #[inline]
+    pub fn gpu(&self) -> GpuId {
+        self.gpu
+    }
+
+    /// The cost this guard added (after clamping to [`MAX_COST`]).
+    #[inline]
+    pub fn cost(&self) -> u64 {
+        self.delta & COST_MASK
+    }
+
+    /// Records a failure of this request on its GPU and releases the load.
+    pub fn fail(self) {
+        // Cannot fail: the guard's GPU is on its board.
+        let _ = self.board.record_failure(self.gpu);
+    }
+}
+
+impl fmt::Debug for LocalLoadGuard<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalLoadGuard")
+            .field("gpu", &self.gpu)
+            .field("cost", &self.cost())
+            .finish()
+    }
+}
+
+impl Drop for LocalLoadGuard<'_> {
+    fn drop(&mut self) {
+        self.board.remove(self.gpu, self.delta);
     }
 }
 
@@ -925,6 +1009,23 @@ mod tests {
             (4, 4, 1, 0)
         );
         assert_eq!(s.success_rate(), 0.75);
+    }
+
+    #[test]
+    fn local_guard_releases_exactly_what_it_added() {
+        let b = LoadBoard::new(2);
+        let g = b
+            .pick_and_acquire_local(Policy::LeastLoaded, 9, |g| g == GpuId(1))
+            .unwrap();
+        assert_eq!(
+            (g.gpu(), b.in_flight(GpuId(1)), b.cost(GpuId(1))),
+            (GpuId(1), 1, 9)
+        );
+        g.fail();
+        assert_eq!(b.load(GpuId(1)), 0);
+        let s = b.stats(GpuId(1)).unwrap();
+        assert_eq!((s.allocations, s.releases, s.failures), (1, 1, 1));
+        assert!(b.try_acquire_local(GpuId(2), 0).is_err());
     }
 
     #[test]
