@@ -593,8 +593,29 @@ impl LoadBoard {
         if n == 0 {
             return None;
         }
-        // A random starting point breaks ties differently per call.
+        // A random rotation breaks ties differently per call: among equal loads the first GPU
+        // at or after `start` wins. `g.wrapping_sub(start)` is that rotation order.
         let start = if n == 1 { 0 } else { rng::below(n) };
+        if self.weights.is_none() {
+            // Unweighted fast path: one forward pass over the packed words, no division.
+            let (mut best, mut best_score, mut best_rank) = (usize::MAX, u64::MAX, usize::MAX);
+            for (b, block) in self.blocks.iter().enumerate() {
+                let base = b * WORDS_PER_BLOCK;
+                let len = (n - base).min(WORDS_PER_BLOCK);
+                for (i, word) in block[..len].iter().enumerate() {
+                    let g = base + i;
+                    // Relaxed: a statistical snapshot; the counter publishes no other data.
+                    let sc = score(word.load(Ordering::Relaxed));
+                    let rank = g.wrapping_sub(start);
+                    if (sc < best_score || (sc == best_score && rank < best_rank))
+                        && eligible(GpuId(g as u32))
+                    {
+                        (best, best_score, best_rank) = (g, sc, rank);
+                    }
+                }
+            }
+            return (best != usize::MAX).then_some(GpuId(best as u32));
+        }
         let mut best: Option<(usize, u64)> = None;
         for k in 0..n {
             let g = if start + k >= n {
