@@ -48,11 +48,17 @@
 //! **Layout: packed, read-mostly load words.** Each GPU's load is one `AtomicU64`: the in-flight
 //! count in the top 24 bits and the outstanding cost in the low 40 bits. The words of eight
 //! GPUs share one cache-padded block, so `LeastLoaded` reads all eight GPUs with one cache-line
-//! fetch, and an acquire/release is a single RMW. Per-GPU *padded* records were measured to be
-//! slower for pick-heavy workloads because a scan then touches one line per GPU, each of which
-//! is being invalidated by other routers' RMWs (see `benches/benches/load.rs` and
-//! `docs/BENCHMARKS.md`). The statistics that picks never read (allocations, failures) live in a
-//! separate cache-padded record per GPU so they do not add traffic to the picked line.
+//! fetch; an acquire is one RMW of that word (plus one on the GPU's statistics record) and a
+//! release one RMW. The measurements found per-GPU
+//! *padded* counters slower for pick-heavy loads (a scan touches one line per GPU, each being
+//! invalidated by other routers' RMWs); on our shared 2-vCPU machine `benches/benches/load.rs`
+//! measured padded and unpadded bare scans within noise of each other, so the packed layout
+//! is kept for its single-line scan and single-RMW acquire. The statistics that picks never read
+//! (allocations, failures) live in a separate cache-padded record per GPU so they do not add
+//! traffic to the picked line. **Known gap:** in those runs the full `pick_and_acquire` +
+//! release path measured about 4x slower per operation than a bare `[AtomicU64; 8]` scan even
+//! single-threaded; the cause is not yet found (removing the RNG or the statistics RMW, or a
+//! forward instead of rotated scan, one at a time, did not explain it).
 //!
 //! **Orderings.** All counter operations are `Relaxed`: the counters publish no other data, and
 //! the only property needed — that the final value is the exact sum of all deltas — holds for
