@@ -475,6 +475,7 @@ impl LoadBoard {
     /// # Panics
     /// If `gpu` is not on the board or its counters are full (see
     /// [`try_acquire`](Self::try_acquire), which returns these as errors instead).
+    #[inline]
     pub fn acquire(self: &Arc<Self>, gpu: GpuId, cost: u64) -> LoadGuard {
         match self.try_acquire(gpu, cost) {
             Ok(g) => g,
@@ -485,6 +486,7 @@ impl LoadBoard {
     /// Adds one request of `cost` (clamped to [`MAX_COST`]) to `gpu` and returns the guard that
     /// removes exactly that again; [`LoadError::UnknownGpu`] or [`LoadError::Overflow`] leave
     /// the board unchanged (see the crate docs on overflow).
+    #[inline]
     pub fn try_acquire(self: &Arc<Self>, gpu: GpuId, cost: u64) -> Result<LoadGuard, LoadError> {
         let delta = self.add(gpu, cost)?;
         Ok(LoadGuard {
@@ -497,6 +499,7 @@ impl LoadBoard {
     /// Picks a GPU for which `eligible` returns `true`, by `policy`; `None` when none is
     /// eligible. Reads the load words once each (`Relaxed`); reserves nothing (see
     /// [`pick_and_acquire`](Self::pick_and_acquire)).
+    #[inline]
     pub fn pick(&self, policy: Policy, eligible: impl Fn(GpuId) -> bool) -> Option<GpuId> {
         match policy {
             Policy::LeastLoaded => self.pick_least_loaded(&eligible),
@@ -509,6 +512,7 @@ impl LoadBoard {
     /// that routers deciding at the same time see each other's reservations. `None` when no GPU
     /// is eligible (or, in the absurd case that the chosen GPU's counters are full, when the
     /// reservation fails).
+    #[inline]
     pub fn pick_and_acquire(
         self: &Arc<Self>,
         policy: Policy,
@@ -523,6 +527,7 @@ impl LoadBoard {
     /// instead of owning an `Arc` clone: no reference-count traffic on the shared `Arc` (which
     /// every router would otherwise increment and decrement on one cache line). Use it when
     /// the load is held within one scope (a synchronous request handler, a benchmark).
+    #[inline]
     pub fn try_acquire_local(
         &self,
         gpu: GpuId,
@@ -538,6 +543,7 @@ impl LoadBoard {
 
     /// [`pick_and_acquire`](Self::pick_and_acquire) with a borrowed guard (see
     /// [`try_acquire_local`](Self::try_acquire_local)).
+    #[inline]
     pub fn pick_and_acquire_local(
         &self,
         policy: Policy,
@@ -594,6 +600,7 @@ impl LoadBoard {
         }
     }
 
+    #[inline]
     fn pick_least_loaded(&self, eligible: &impl Fn(GpuId) -> bool) -> Option<GpuId> {
         let n = self.gpus;
         if n == 0 {
@@ -661,6 +668,7 @@ impl LoadBoard {
             .find(|&g| Some(g) != skip && eligible(GpuId(g as u32)))
     }
 
+    #[inline]
     fn pick_two_choices(&self, eligible: &impl Fn(GpuId) -> bool) -> Option<GpuId> {
         let n = self.gpus;
         if n == 0 {
@@ -677,6 +685,7 @@ impl LoadBoard {
         Some(GpuId(pick as u32))
     }
 
+    #[inline]
     fn pick_round_robin(&self, eligible: &impl Fn(GpuId) -> bool) -> Option<GpuId> {
         let n = self.gpus;
         if n == 0 {
@@ -748,6 +757,7 @@ impl fmt::Debug for LoadGuard {
 }
 
 impl Drop for LoadGuard {
+    #[inline]
     fn drop(&mut self) {
         self.board.remove(self.gpu, self.delta);
     }
@@ -792,6 +802,7 @@ impl fmt::Debug for LocalLoadGuard<'_> {
 }
 
 impl Drop for LocalLoadGuard<'_> {
+    #[inline]
     fn drop(&mut self) {
         self.board.remove(self.gpu, self.delta);
     }
