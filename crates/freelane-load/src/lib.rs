@@ -57,8 +57,10 @@
 //! (allocations, failures) live in a separate cache-padded record per GPU so they do not add
 //! traffic to the picked line. **Known gap:** in those runs the full `pick_and_acquire` +
 //! release path measured about 4x slower per operation than a bare `[AtomicU64; 8]` scan even
-//! single-threaded; the cause is not yet found (removing the RNG or the statistics RMW, or a
-//! forward instead of rotated scan, one at a time, did not explain it).
+//! single-threaded. Most of that was a missing `#[inline]`: the guard's `Result` came back
+//! through memory from a non-inlined call and stalled on store forwarding. With the path
+//! inlined it is about 0.6x the bare scan (docs/BENCHMARKS.md); the remaining extra work is the
+//! random tie-break and the allocation statistic.
 //!
 //! **Orderings.** All counter operations are `Relaxed`: the counters publish no other data, and
 //! the only property needed — that the final value is the exact sum of all deltas — holds for
