@@ -182,10 +182,21 @@ fn json_str_into_string(out: &mut String, s: &str) {
 pub(crate) fn json_str(out: &mut Vec<u8>, s: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push(b'"');
-    let text = String::from_utf8_lossy(s);
-    let bytes = text.as_bytes();
+    // Valid UTF-8 (every string the encoder stores, unless a capacity cut split a character) is
+    // escaped in place; only invalid input pays for the lossy copy.
+    let lossy;
+    let bytes = match std::str::from_utf8(s) {
+        Ok(_) => s,
+        Err(_) => {
+            lossy = String::from_utf8_lossy(s);
+            lossy.as_bytes()
+        }
+    };
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
+        if b >= 0x20 && b != b'"' && b != b'\\' {
+            continue;
+        }
         let esc: &[u8] = match b {
             b'"' => b"\\\"",
             b'\\' => b"\\\\",
