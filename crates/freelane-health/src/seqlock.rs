@@ -25,9 +25,13 @@ use freelane_sync::Backoff;
 ///   released (the version still advances).
 ///
 /// # Implementation
-/// The record's bytes live in `ceil(size_of::<T>() / 8)` `AtomicU64` words (a boxed slice
-/// sized at construction: array lengths cannot depend on `size_of::<T>()` in stable generic
-/// code, and loom's atomics cannot be transmuted from plain memory). `T: Pod` makes every byte
+/// The sequence number and the record's bytes live together in one heap block of 64-byte
+/// aligned lines of `AtomicU64` words: word 0 is the sequence, words `1..=WORDS` hold the
+/// record, 8 bytes per word (native endianness, the last word zero-padded). One allocation
+/// keeps the sequence next to the first payload words (a 56-byte record shares one cache line
+/// with its sequence); the block is sized at construction because array lengths cannot depend on
+/// `size_of::<T>()` in stable generic code, and loom's atomics cannot be transmuted from plain
+/// memory. All loops run over the constant `WORDS`, so they unroll. `T: Pod` makes every byte
 /// pattern a valid `T`, so a reader rebuilds the value from the words it loaded. The sequence
 /// number is even when no write is in progress.
 ///
@@ -42,29 +46,47 @@ use freelane_sync::Backoff;
 /// fence-based recipe ("Can seqlocks get along with programming language memory models?");
 /// every access is atomic, so there is no data race in the Rust memory model.
 pub struct SeqLock<T> {
-    /// Even: stable; odd: a writer is storing the words.
-    seq: AtomicU64,
-    /// The record's bytes, 8 per word, native endianness, zero-padded at the end.
-    words: Box<[AtomicU64]>,
+    /// Word 0: the sequence (even: stable; odd: a writer is storing the words). Words
+    /// `1..=WORDS`: the record's bytes, 8 per word, native endianness, zero-padded at the end.
+    lines: Box<[Line]>,
     _marker: PhantomData<T>,
+}
+
+/// Eight words on one cache line.
+#[repr(align(64))]
+struct Line([AtomicU64; 8]);
+
+impl<T> SeqLock<T> {
+    /// The sequence word.
+    #[inline(always)]
+    fn seq(&self) -> &AtomicU64 {
+        &self.lines[0].0[0]
+    }
 }
 
 impl<T: Pod> SeqLock<T> {
     /// Words needed for a `T`.
     const WORDS: usize = std::mem::size_of::<T>().div_ceil(8);
-    /// `T` can be viewed as `[u64]` (whole words, 8-byte alignment): the copy fast path.
-    const WORD_ALIGNED: bool = std::mem::size_of::<T>() % 8 == 0 && std::mem::align_of::<T>() >= 8;
+    /// Lines holding the sequence word and the payload words.
+    const LINES: usize = (Self::WORDS + 1).div_ceil(8);
 
     /// A seqlock holding `value` (version 0).
     pub fn new(value: T) -> Self {
-        let words = (0..Self::WORDS).map(|_| AtomicU64::new(0)).collect();
+        let lines = (0..Self::LINES)
+            .map(|_| Line(std::array::from_fn(|_| AtomicU64::new(0))))
+            .collect();
         let lock = Self {
-            seq: AtomicU64::new(0),
-            words,
+            lines,
             _marker: PhantomData,
         };
         lock.store_words(&value);
         lock
+    }
+
+    /// The lines as a slice of constant length, so that indexing below needs no bounds checks.
+    #[inline(always)]
+    fn lines(&self) -> &[Line] {
+        &self.lines[..Self::LINES]
     }
 
     /// Copies the current record. Never torn; retries (with backoff) while a writer is active.
@@ -74,13 +96,26 @@ impl<T: Pod> SeqLock<T> {
     }
 
     /// Copies the current record with its version (even; grows by 2 per completed write).
+    #[inline]
     pub fn read_versioned(&self) -> (T, u64) {
+        // The uncontended attempt stays small enough to inline into the caller; the retry loop
+        // is out of line.
+        match self.try_read_versioned() {
+            Some(v) => v,
+            None => self.read_contended(),
+        }
+    }
+
+    /// The retry loop of [`read_versioned`](Self::read_versioned), after a failed attempt.
+    #[cold]
+    #[inline(never)]
+    fn read_contended(&self) -> (T, u64) {
         let mut backoff = Backoff::new();
         loop {
+            backoff.snooze();
             if let Some(v) = self.try_read_versioned() {
                 return v;
             }
-            backoff.snooze();
         }
     }
 
@@ -91,11 +126,11 @@ impl<T: Pod> SeqLock<T> {
     }
 
     /// One read attempt with the version: `None` if a writer was active during it.
-    #[inline]
+    #[inline(always)]
     pub fn try_read_versioned(&self) -> Option<(T, u64)> {
         // Acquire: pairs with the Release store of the even sequence in `unlock`, so the words
         // of the write that stored `s1` (and all earlier ones) are visible to the loads below.
-        let s1 = self.seq.load(Ordering::Acquire);
+        let s1 = self.seq().load(Ordering::Acquire);
         if s1 & 1 == 1 {
             return None;
         }
@@ -106,14 +141,14 @@ impl<T: Pod> SeqLock<T> {
         // `lock`, so its odd sequence store is visible to the reload below.
         fence(Ordering::Acquire);
         // Relaxed: ordered after the word loads by the fence above.
-        let s2 = self.seq.load(Ordering::Relaxed);
+        let s2 = self.seq().load(Ordering::Relaxed);
         (s1 == s2).then_some((value, s1))
     }
 
     /// The version of the last completed write (even), or odd while a write is in progress.
     pub fn version(&self) -> u64 {
         // Acquire: pairs with `unlock`'s Release store, like the first load of a read.
-        self.seq.load(Ordering::Acquire)
+        self.seq().load(Ordering::Acquire)
     }
 
     /// Replaces the record with `value`.
@@ -144,9 +179,9 @@ impl<T: Pod> SeqLock<T> {
         let mut backoff = Backoff::new();
         loop {
             // Relaxed: only a hint whether to try the CAS; the CAS below validates it.
-            let s = self.seq.load(Ordering::Relaxed);
+            let s = self.seq().load(Ordering::Relaxed);
             if s & 1 == 0 {
-                match self.seq.compare_exchange_weak(
+                match self.seq().compare_exchange_weak(
                     s,
                     s + 1,
                     // Acquire: pairs with the previous writer's Release store in `unlock`, so
@@ -171,44 +206,33 @@ impl<T: Pod> SeqLock<T> {
     }
 
     /// Stores `value`'s bytes into the words (Relaxed; ordered by the surrounding lock).
-    #[inline]
+    #[inline(always)]
     fn store_words(&self, value: &T) {
+        let lines = self.lines();
         let bytes = bytemuck::bytes_of(value);
-        if Self::WORD_ALIGNED {
-            // Fast path: `T` is a whole number of 8-aligned words, so view it as `[u64]`.
-            let src: &[u64] = bytemuck::cast_slice(bytes);
-            for (v, word) in src.iter().zip(self.words.iter()) {
-                // Relaxed: as below.
-                word.store(*v, Ordering::Relaxed);
-            }
-            return;
-        }
-        for (chunk, word) in bytes.chunks(8).zip(self.words.iter()) {
+        for i in 0..Self::WORDS {
             let mut buf = [0u8; 8];
+            let chunk = &bytes[i * 8..bytes.len().min(i * 8 + 8)];
             buf[..chunk.len()].copy_from_slice(chunk);
+            let w = i + 1;
             // Relaxed: published by the Release fence before (for racing readers) and the
             // Release unlock after (for readers that start later).
-            word.store(u64::from_ne_bytes(buf), Ordering::Relaxed);
+            lines[w / 8].0[w % 8].store(u64::from_ne_bytes(buf), Ordering::Relaxed);
         }
     }
 
     /// Loads the words into `value`'s bytes (Relaxed; validated by the sequence re-check).
-    #[inline]
+    #[inline(always)]
     fn load_words(&self, value: &mut T) {
+        let lines = self.lines();
         let bytes = bytemuck::bytes_of_mut(value);
-        if Self::WORD_ALIGNED {
-            // Fast path: `T` is a whole number of 8-aligned words, so view it as `[u64]`.
-            let dst: &mut [u64] = bytemuck::cast_slice_mut(bytes);
-            for (v, word) in dst.iter_mut().zip(self.words.iter()) {
-                // Relaxed: as below.
-                *v = word.load(Ordering::Relaxed);
-            }
-            return;
-        }
-        for (chunk, word) in bytes.chunks_mut(8).zip(self.words.iter()) {
+        let len = bytes.len();
+        for i in 0..Self::WORDS {
+            let w = i + 1;
             // Relaxed: ordered by the Acquire sequence load before and the Acquire fence after.
-            let buf = word.load(Ordering::Relaxed).to_ne_bytes();
-            chunk.copy_from_slice(&buf[..chunk.len()]);
+            let buf = lines[w / 8].0[w % 8].load(Ordering::Relaxed).to_ne_bytes();
+            let end = len.min(i * 8 + 8);
+            bytes[i * 8..end].copy_from_slice(&buf[..end - i * 8]);
         }
     }
 }
@@ -223,7 +247,7 @@ impl<T> Drop for WriteGuard<'_, T> {
     fn drop(&mut self) {
         // Release: publishes this write's word stores to readers whose Acquire load of the
         // sequence sees `seq + 2`, and to the next writer's Acquire CAS.
-        self.lock.seq.store(self.seq + 2, Ordering::Release);
+        self.lock.seq().store(self.seq + 2, Ordering::Release);
     }
 }
 
@@ -243,8 +267,8 @@ impl<T> fmt::Debug for SeqLock<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SeqLock")
             // Relaxed: diagnostic only.
-            .field("version", &self.seq.load(Ordering::Relaxed))
-            .field("words", &self.words.len())
+            .field("version", &self.seq().load(Ordering::Relaxed))
+            .field("lines", &self.lines.len())
             .finish_non_exhaustive()
     }
 }
