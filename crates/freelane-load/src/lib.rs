@@ -29,7 +29,7 @@
 //!   returned `true` during that call, and `None` when there is none.
 //! - **Lock-free, mostly wait-free.** `acquire`, guard drop, `pick` with `LeastLoaded` /
 //!   `PowerOfTwoChoices` / `RoundRobin` and every statistics read are wait-free (a bounded number
-//!   of loads and one or two `fetch_add`s); nothing ever blocks or spins.
+//!   of loads and at most three RMWs); nothing ever blocks or spins.
 //! - **Staleness.** A pick reads each GPU's counter once with `Relaxed`; it may be overtaken by
 //!   concurrent acquires (the load it saw is a snapshot, not a lock). That is why
 //!   `pick_and_acquire` reserves immediately, and why `PowerOfTwoChoices` exists (robust to
@@ -53,14 +53,14 @@
 //! *padded* counters slower for pick-heavy loads (a scan touches one line per GPU, each being
 //! invalidated by other routers' RMWs); on our shared 2-vCPU machine `benches/benches/load.rs`
 //! measured padded and unpadded bare scans within noise of each other, so the packed layout
-//! is kept for its single-line scan and single-RMW acquire. The statistics that picks never read
-//! (allocations, failures) live in a separate cache-padded record per GPU so they do not add
-//! traffic to the picked line. **Known gap:** in those runs the full `pick_and_acquire` +
-//! release path measured about 4x slower per operation than a bare `[AtomicU64; 8]` scan even
-//! single-threaded. Most of that was a missing `#[inline]`: the guard's `Result` came back
-//! through memory from a non-inlined call and stalled on store forwarding. With the path
-//! inlined it is about 0.6x the bare scan (docs/BENCHMARKS.md); the remaining extra work is the
-//! random tie-break and the allocation statistic.
+//! is kept for its single-line scan and single-RMW acquire. The allocation counter, which picks
+//! never read, is striped: each thread counts into its own row of padded blocks (the first 16
+//! threads get distinct rows, later ones share), so routers on different threads never bounce
+//! a statistics line between them; a stats read sums the rows. Failures (rare) keep one padded
+//! counter per GPU. The least-loaded scan is branch-free: it reduces one integer key per GPU
+//! (load, then tie-break rank) with `min`, so a random tie-break costs no mispredicted branches.
+//! Measured against a bare `[AtomicU64; 8]` scan (no tie-break, no statistics) in
+//! docs/BENCHMARKS.md.
 //!
 //! **Orderings.** All counter operations are `Relaxed`: the counters publish no other data, and
 //! the only property needed — that the final value is the exact sum of all deltas — holds for
@@ -76,8 +76,11 @@
 //! of a single acquire is clamped to [`MAX_COST`].
 //!
 //! **Randomness.** `PowerOfTwoChoices` and tie-breaking use a thread-local xorshift generator
-//! seeded once per thread from `std`'s `RandomState`: no shared RNG state. Under loom the
-//! generator is a `loom::thread_local!` with a fixed seed, so models stay deterministic.
+//! seeded on first use from `std`'s `RandomState`: no shared RNG state. An unweighted
+//! `LeastLoaded` pick breaks ties by a random XOR mask over the GPU indices (a permutation per
+//! call, so every GPU wins ties some of the time); weighted picks break ties by a random
+//! rotation. Under loom the generator is a `loom::thread_local!` with a fixed seed, so models
+//! stay deterministic.
 //!
 //! **Arc.** `acquire` takes `self: &Arc<Self>` with `std::sync::Arc` also under loom: loom's
 //! `Arc` cannot be a method receiver on stable Rust, and the board's reference count is not part
@@ -103,6 +106,11 @@ pub const MAX_IN_FLIGHT: u64 = (1 << (64 - COST_BITS)) - 1;
 /// The most outstanding cost one GPU can hold (`2^40 - 1`); a single acquire's cost is clamped
 /// to it.
 pub const MAX_COST: u64 = COST_MASK;
+/// Bits of a least-loaded pick key that hold the rotation rank (boards of up to 2^23 GPUs take
+/// the branch-free scan; bigger ones the general one).
+const RANK_BITS: u32 = 23;
+/// Mask of the rank in a pick key.
+const RANK_MASK: u64 = (1 << RANK_BITS) - 1;
 /// GPUs per cache-padded block of packed load words.
 const WORDS_PER_BLOCK: usize = 8;
 
@@ -276,12 +284,9 @@ impl GpuStats {
     }
 }
 
-/// Statistics that picks never read: kept apart from the packed load words.
-#[derive(Debug)]
-struct Stats {
-    allocations: AtomicU64,
-    failures: AtomicU64,
-}
+/// Rows of allocation counters: each thread counts into one row (see `rng::stripe`), so routers
+/// on different threads do not share the line they count on. A read sums the rows.
+const STRIPES: usize = if cfg!(freelane_loom) { 1 } else { 16 };
 
 /// Per-GPU load counters shared by all routers (through `Arc`).
 ///
@@ -289,8 +294,11 @@ struct Stats {
 pub struct LoadBoard {
     /// Packed load words (`in_flight << 40 | cost`), eight GPUs per padded block.
     blocks: Box<[CachePadded<[AtomicU64; WORDS_PER_BLOCK]>]>,
-    /// Allocation / failure statistics, one padded record per GPU.
-    stats: Box<[CachePadded<Stats>]>,
+    /// Allocation counters, `STRIPES` rows of `blocks.len()` padded blocks: row `s` counts GPU
+    /// `g` at `allocations[s * blocks.len() + g / 8][g % 8]`.
+    allocations: Box<[CachePadded<[AtomicU64; WORDS_PER_BLOCK]>]>,
+    /// Failure counters (rare: one padded counter per GPU).
+    failures: Box<[CachePadded<AtomicU64>]>,
     /// Capacity weights, or `None` when every GPU has weight 1 (the fast path).
     weights: Option<Box<[u32]>>,
     /// The round-robin cursor.
@@ -337,17 +345,16 @@ impl LoadBoard {
         let blocks = (0..nblocks)
             .map(|_| CachePadded::new(std::array::from_fn(|_| AtomicU64::new(0))))
             .collect();
-        let stats = (0..gpus)
-            .map(|_| {
-                CachePadded::new(Stats {
-                    allocations: AtomicU64::new(0),
-                    failures: AtomicU64::new(0),
-                })
-            })
+        let allocations = (0..nblocks * STRIPES)
+            .map(|_| CachePadded::new(std::array::from_fn(|_| AtomicU64::new(0))))
+            .collect();
+        let failures = (0..gpus)
+            .map(|_| CachePadded::new(AtomicU64::new(0)))
             .collect();
         Ok(Self {
             blocks,
-            stats,
+            allocations,
+            failures,
             weights: None,
             cursor: CachePadded::new(AtomicUsize::new(0)),
             gpus,
@@ -439,11 +446,16 @@ impl LoadBoard {
             return None;
         }
         let w = self.word(g);
-        let s = &self.stats[g];
-        // Relaxed: monotonic statistics counters; no other data hangs off them.
-        let allocations = s.allocations.load(Ordering::Relaxed);
+        let nblocks = self.blocks.len();
+        let allocations = (0..STRIPES)
+            .map(|s| {
+                // Relaxed: monotonic statistics counters; no other data hangs off them.
+                self.allocations[s * nblocks + g / WORDS_PER_BLOCK][g % WORDS_PER_BLOCK]
+                    .load(Ordering::Relaxed)
+            })
+            .fold(0u64, u64::wrapping_add);
         // Relaxed: as above.
-        let failures = s.failures.load(Ordering::Relaxed);
+        let failures = self.failures[g].load(Ordering::Relaxed);
         let in_flight = w >> COST_BITS;
         Some(GpuStats {
             gpu,
@@ -463,12 +475,15 @@ impl LoadBoard {
 
     /// Counts one failed request on `gpu` (for [`GpuStats::failures`] and the success rate).
     pub fn record_failure(&self, gpu: GpuId) -> Result<(), LoadError> {
-        let s = self.stats.get(gpu.index()).ok_or(LoadError::UnknownGpu {
-            gpu,
-            gpus: self.gpus,
-        })?;
+        let f = self
+            .failures
+            .get(gpu.index())
+            .ok_or(LoadError::UnknownGpu {
+                gpu,
+                gpus: self.gpus,
+            })?;
         // Relaxed: a statistics counter; exact because RMWs on one location never lose updates.
-        s.failures.fetch_add(1, Ordering::Relaxed);
+        f.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -577,8 +592,11 @@ impl LoadBoard {
             slot.fetch_sub(delta, Ordering::Relaxed);
             return Err(LoadError::Overflow { gpu });
         }
-        // Relaxed: a statistics counter, exact by RMW atomicity.
-        self.stats[g].allocations.fetch_add(1, Ordering::Relaxed);
+        // Relaxed: a statistics counter, exact by RMW atomicity (the row's other writers are the
+        // threads sharing this thread's stripe; a read sums the rows).
+        let row = rng::stripe() * self.blocks.len();
+        self.allocations[row + g / WORDS_PER_BLOCK][g % WORDS_PER_BLOCK]
+            .fetch_add(1, Ordering::Relaxed);
         Ok(delta)
     }
 
@@ -608,29 +626,57 @@ impl LoadBoard {
         if n == 0 {
             return None;
         }
-        // A random rotation breaks ties differently per call: among equal loads the first GPU
-        // at or after `start` wins. `g.wrapping_sub(start)` is that rotation order.
-        let start = if n == 1 { 0 } else { rng::below(n) };
-        if self.weights.is_none() {
-            // Unweighted fast path: one forward pass over the packed words, no division.
-            let (mut best, mut best_score, mut best_rank) = (usize::MAX, u64::MAX, usize::MAX);
+        if self.weights.is_none() && n <= 1 << RANK_BITS {
+            // Unweighted fast path: one forward pass over the packed words, no division, no
+            // data-dependent branches. Each eligible GPU `g` gets the key
+            // `score << RANK_BITS | (g ^ mask)` and an ineligible one `u64::MAX`; the least key
+            // is the least load. `mask` is random per call (below the next power of two of
+            // `n`), so ties go to a different GPU each time: XOR with it permutes the GPU
+            // indices, and XOR again recovers the winner. A score is below 2^41
+            // (`MAX_IN_FLIGHT + MAX_COST`), so a real key never reaches `u64::MAX`.
+            let mask = if n == 1 {
+                0
+            } else {
+                (rng::next() >> 32) as usize & (n.next_power_of_two() - 1)
+            };
+            let key = |g: usize, word: &AtomicU64| {
+                // Relaxed: a statistical snapshot; the counter publishes no other data.
+                let sc = score(word.load(Ordering::Relaxed));
+                if eligible(GpuId(g as u32)) {
+                    (sc << RANK_BITS) | (g ^ mask) as u64
+                } else {
+                    u64::MAX
+                }
+            };
+            let mut best = u64::MAX;
             for (b, block) in self.blocks.iter().enumerate() {
                 let base = b * WORDS_PER_BLOCK;
-                let len = (n - base).min(WORDS_PER_BLOCK);
-                for (i, word) in block[..len].iter().enumerate() {
-                    let g = base + i;
-                    // Relaxed: a statistical snapshot; the counter publishes no other data.
-                    let sc = score(word.load(Ordering::Relaxed));
-                    let rank = g.wrapping_sub(start);
-                    if (sc < best_score || (sc == best_score && rank < best_rank))
-                        && eligible(GpuId(g as u32))
-                    {
-                        (best, best_score, best_rank) = (g, sc, rank);
+                if n - base >= WORDS_PER_BLOCK {
+                    // A full block: fixed trip count (unrolled), reduced pairwise so the minimum
+                    // is not one long dependency chain.
+                    let k: [u64; WORDS_PER_BLOCK] =
+                        std::array::from_fn(|i| key(base + i, &block[i]));
+                    let m = [
+                        k[0].min(k[1]),
+                        k[2].min(k[3]),
+                        k[4].min(k[5]),
+                        k[6].min(k[7]),
+                    ];
+                    best = best.min(m[0].min(m[1]).min(m[2].min(m[3])));
+                } else {
+                    for (i, word) in block[..n - base].iter().enumerate() {
+                        best = best.min(key(base + i, word));
                     }
                 }
             }
-            return (best != usize::MAX).then_some(GpuId(best as u32));
+            if best == u64::MAX {
+                return None;
+            }
+            return Some(GpuId(((best & RANK_MASK) as usize ^ mask) as u32));
         }
+        // A random rotation breaks ties differently per call: among equal loads the first
+        // eligible GPU at or after `start` wins.
+        let start = if n == 1 { 0 } else { rng::below(n) };
         let mut best: Option<(usize, u64)> = None;
         for k in 0..n {
             let g = if start + k >= n {
@@ -810,20 +856,29 @@ impl Drop for LocalLoadGuard<'_> {
     }
 }
 
-/// The thread-local xorshift generator (no shared RNG state).
+/// The thread-local xorshift generator (no shared RNG state) and the thread's statistics stripe.
 mod rng {
     use std::cell::Cell;
 
     #[cfg(not(freelane_loom))]
     std::thread_local! {
-        static STATE: Cell<u64> = Cell::new(seed());
+        /// 0 until first use, then the xorshift state (never 0 again).
+        static STATE: Cell<u64> = const { Cell::new(0) };
+        /// `usize::MAX` until first use, then this thread's stripe.
+        static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
     }
     #[cfg(freelane_loom)]
     loom::thread_local! {
         static STATE: Cell<u64> = Cell::new(0x9E37_79B9_7F4A_7C15);
     }
 
+    /// Hands out stripes to threads round-robin. A plain std atomic also under loom: under loom
+    /// there is one stripe and this is never read.
     #[cfg(not(freelane_loom))]
+    static NEXT_STRIPE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+    #[cfg(not(freelane_loom))]
+    #[cold]
     fn seed() -> u64 {
         use std::hash::{BuildHasher, Hasher};
         // RandomState is randomly keyed per process and per call: a cheap per-thread seed.
@@ -838,6 +893,10 @@ mod rng {
     pub(crate) fn next() -> u64 {
         STATE.with(|c| {
             let mut x = c.get();
+            #[cfg(not(freelane_loom))]
+            if x == 0 {
+                x = seed();
+            }
             x ^= x >> 12;
             x ^= x << 25;
             x ^= x >> 27;
@@ -850,6 +909,30 @@ mod rng {
     #[inline]
     pub(crate) fn below(n: usize) -> usize {
         super::reduce((next() >> 32) as u32, n)
+    }
+
+    /// This thread's row of the striped statistics counters (`0..STRIPES`): the first
+    /// `STRIPES` threads to use a board get distinct rows.
+    #[inline]
+    pub(crate) fn stripe() -> usize {
+        #[cfg(not(freelane_loom))]
+        {
+            STRIPE.with(|c| {
+                let s = c.get();
+                if s != usize::MAX {
+                    return s;
+                }
+                // Relaxed: only spreads threads over rows; any row is correct.
+                let s =
+                    NEXT_STRIPE.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % super::STRIPES;
+                c.set(s);
+                s
+            })
+        }
+        #[cfg(freelane_loom)]
+        {
+            0
+        }
     }
 }
 
@@ -1031,6 +1114,49 @@ mod tests {
         }
         drop(guards);
         assert!((0..4).all(|g| b.load(GpuId(g)) == 0));
+    }
+
+    #[test]
+    fn least_loaded_breaks_ties_across_every_gpu() {
+        // Idle boards of sizes around block and power-of-two edges, weighted and not: every
+        // GPU wins a tie sometimes, and ineligible ones never do.
+        for n in [2usize, 3, 5, 8, 9, 12, 17] {
+            for weighted in [false, true] {
+                let b = if weighted {
+                    LoadBoard::with_weights(&vec![2; n]).unwrap()
+                } else {
+                    LoadBoard::new(n)
+                };
+                let mut seen = vec![0u32; n];
+                for _ in 0..4000 {
+                    let g = b
+                        .pick(Policy::LeastLoaded, |g| g.index() != 1)
+                        .unwrap()
+                        .index();
+                    seen[g] += 1;
+                }
+                assert_eq!(seen[1], 0, "n={n}: picked an ineligible gpu");
+                for (g, &c) in seen.iter().enumerate() {
+                    assert!(
+                        g == 1 || c > 0,
+                        "n={n} weighted={weighted}: gpu {g} never won a tie: {seen:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn least_loaded_prefers_lower_load_over_any_tie_break() {
+        let b = Arc::new(LoadBoard::new(9));
+        let held: Vec<_> = (0..9u32)
+            .filter(|&g| g != 6)
+            .map(|g| b.acquire(GpuId(g), 1))
+            .collect();
+        for _ in 0..1000 {
+            assert_eq!(b.pick(Policy::LeastLoaded, |_| true), Some(GpuId(6)));
+        }
+        drop(held);
     }
 
     #[test]
