@@ -137,7 +137,7 @@ fn main() {
     let quick = std::env::var_os("FREELANE_BENCH_QUICK").is_some()
         || std::env::args().any(|a| a == "--quick");
     let (dur, reps) = if quick {
-        (Duration::from_millis(40), 1)
+        (Duration::from_millis(40), 3)
     } else {
         (Duration::from_millis(300), 5)
     };

@@ -42,16 +42,21 @@ pub struct Outcome {
     pub median: f64,
 }
 
-/// Runs `reps` rounds; each round runs every candidate once, in order (A, B, C, A, B, C, ...),
-/// after one untimed warm-up round. Returns each candidate's rates and median.
+/// Runs `reps` rounds; each round runs every candidate once, rotating the starting candidate
+/// from round to round (A, B, C, then B, C, A, then C, A, B, ...), after one untimed warm-up
+/// round. Returns each candidate's rates and median.
 pub fn interleaved(reps: usize, candidates: &mut [Candidate<'_>]) -> Vec<Outcome> {
     for c in candidates.iter_mut() {
         (c.trial)();
     }
     let mut rates: Vec<Vec<f64>> = vec![Vec::with_capacity(reps); candidates.len()];
-    for _ in 0..reps.max(1) {
-        for (i, c) in candidates.iter_mut().enumerate() {
-            rates[i].push((c.trial)());
+    let n = candidates.len();
+    for rep in 0..reps.max(1) {
+        // Each round starts one candidate later, so no candidate always runs first (after the
+        // previous round's last one) or last.
+        for k in 0..n {
+            let i = (rep + k) % n;
+            rates[i].push((candidates[i].trial)());
         }
     }
     candidates
