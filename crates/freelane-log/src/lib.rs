@@ -22,8 +22,9 @@
 //! # Guarantees
 //! - **Callers never take a lock** on the normal path: one CAS claims a ring position, the
 //!   record is filled in place, one release store publishes it. With [`Overflow::Drop`] a caller
-//!   never waits; with [`Overflow::Block`] it waits (spin, yield, then short sleeps) only while
-//!   the ring is full. The only lock a caller can take is the writer's, on the synchronous
+//!   never waits; with [`Overflow::Block`] it waits only while the ring is full: a few short
+//!   spins, then it sleeps (a mutex and condition variable used only on this path) until the
+//!   drainer has consumed a batch. The only lock a caller can take is the writer's, on the synchronous
 //!   fallback for never-dropped levels ([`Builder::never_drop`]) when the ring is full or closed.
 //! - **Nothing is lost silently.** Every submitted event ends in exactly one of
 //!   [`Stats::written`], [`Stats::dropped`] or [`Stats::failed`] (failed: in a write the writer
@@ -53,7 +54,11 @@
 //! position with a `Release` store that [`Logger::flush`] loads with `Acquire`. When idle it
 //! parks with a timeout (1 ms by default); callers wake it only every `capacity/16` events, on a
 //! full ring, a flush or a shutdown, so a caller almost never makes a system call. A missed
-//! wake-up costs at most one idle poll. Statistics are relaxed counters: `emitted` is derived from
+//! wake-up costs at most one idle poll. Lossless callers that find the ring full sleep on an event
+//! count: they register in a waiter counter, re-check the ring, then wait on a condition variable;
+//! after each batch the drainer issues a fence and reads the counter, and takes the lock only when
+//! someone is registered (`SeqCst` fences on both sides rule out a lost wake-up; a 5 ms timed
+//! wait is a safety net on top). Statistics are relaxed counters: `emitted` is derived from
 //! the ring's `tail` (no extra shared write per event), drops touch their own padded counter.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]

@@ -4,8 +4,8 @@ use std::fmt;
 use std::io::{self, Write};
 use std::time::Duration;
 
-use freelane_sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use freelane_sync::sync::{Arc, Mutex};
+use freelane_sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use freelane_sync::sync::{Arc, Condvar, Mutex};
 use freelane_sync::{Backoff, CachePadded};
 use tracing_core::Level;
 
@@ -19,7 +19,8 @@ pub enum Overflow {
     /// Levels at or above [`Builder::never_drop`] are written synchronously instead.
     #[default]
     Drop,
-    /// Wait for room (lossless). The caller spins, then yields, until the drainer frees a slot.
+    /// Wait for room (lossless). The caller spins briefly, then sleeps until the drainer has
+    /// freed slots (it wakes sleeping callers after each batch it consumes).
     Block,
 }
 
@@ -202,6 +203,7 @@ impl Builder {
             done: AtomicBool::new(false),
             last_error: Mutex::new(None),
             parker: Parker::new(),
+            room: RoomWait::new(),
         });
         let drainer = {
             let shared = Arc::clone(&shared);
@@ -306,6 +308,107 @@ impl Parker {
     }
 }
 
+/// Where lossless callers sleep while the ring is full: an event count. A waiter registers in
+/// `waiters`, re-checks the ring, and only then sleeps on the condition variable; the drainer,
+/// after each batch it consumes, looks at `waiters` (one fence and one load) and takes the lock
+/// and notifies only when someone is registered. The mutex and condition variable are used only
+/// on this slow path (a full ring in `Overflow::Block` mode), never by a caller that finds room.
+///
+/// No lost wake-up: the waiter's registration is followed by a `SeqCst` fence before its
+/// re-check ([`Ring::is_full`]), and the drainer's frees are followed by a `SeqCst` fence before
+/// its load of `waiters`. Either the re-check sees the freed slot (the waiter does not sleep) or
+/// the drainer sees the registration; a waiter holds the lock from registration until it is
+/// inside `wait`, and the drainer takes the lock before notifying, so the notification cannot
+/// fall between the re-check and the wait. With std a waiter also wakes after [`ROOM_TIMEOUT`]
+/// as a safety net (it re-checks and sleeps again); the loom model waits without a timeout, so
+/// it checks that no wake-up depends on it.
+struct RoomWait {
+    /// Callers registered as (about to be) asleep.
+    waiters: CachePadded<AtomicUsize>,
+    lock: Mutex<()>,
+    cond: Condvar,
+}
+
+/// The longest a waiting caller sleeps before re-checking the ring on its own (a safety net; the
+/// drainer's notification is what normally wakes it).
+#[cfg(not(freelane_loom))]
+const ROOM_TIMEOUT: Duration = Duration::from_millis(5);
+
+/// How many times a caller that found the ring full retries with a short spin before it sleeps.
+/// Short: on a machine with fewer cores than threads a spinning caller takes CPU time from the
+/// drainer it waits for. Zero under loom, whose model covers the sleeping path.
+const SPIN_TRIES: u32 = if freelane_sync::LOOM { 0 } else { 6 };
+
+impl RoomWait {
+    fn new() -> Self {
+        Self {
+            waiters: CachePadded::new(AtomicUsize::new(0)),
+            lock: Mutex::new(()),
+            cond: Condvar::new(),
+        }
+    }
+
+    /// Sleeps until the drainer reports freed slots (or the safety timeout), unless the ring has
+    /// room or is closed when re-checked after registering. The caller retries its push after.
+    #[cold]
+    fn wait_for_room(&self, ring: &Ring<Record>) {
+        let guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        // Relaxed: the SeqCst fence below orders the registration before the re-check.
+        self.waiters.fetch_add(1, Ordering::Relaxed);
+        // SeqCst: pairs with the drainer's fence in `notify` (store-load across two threads:
+        // either our re-check sees its frees, or its load of `waiters` sees our registration).
+        fence(Ordering::SeqCst);
+        let guard = if ring.is_full() {
+            #[cfg(not(freelane_loom))]
+            let guard = match self.cond.wait_timeout(guard, ROOM_TIMEOUT) {
+                Ok((g, _)) => g,
+                Err(e) => e.into_inner().0,
+            };
+            #[cfg(freelane_loom)]
+            let guard = self.cond.wait(guard).unwrap_or_else(|e| e.into_inner());
+            guard
+        } else {
+            guard
+        };
+        // Relaxed: a stale count only costs the drainer one needless lock and notify.
+        self.waiters.fetch_sub(1, Ordering::Relaxed);
+        drop(guard);
+    }
+
+    /// Called by the drainer after it freed slots (and on exit): wakes the sleeping callers, if
+    /// any are registered. The common case costs one fence and one load.
+    #[inline]
+    fn notify(&self) {
+        // SeqCst: pairs with the fence in `wait_for_room` (see there).
+        fence(Ordering::SeqCst);
+        // Relaxed: ordered by the fence above.
+        if self.waiters.load(Ordering::Relaxed) != 0 {
+            self.notify_slow();
+        }
+    }
+
+    #[cold]
+    fn notify_slow(&self) {
+        // Taking the lock waits out any waiter between its registration and its `wait`.
+        #[cfg(not(freelane_loom))]
+        drop(self.lock.lock().unwrap_or_else(|e| e.into_inner()));
+        // Under loom the drainer must not block on a mutex: loom's `unpark` (callers wake the
+        // drainer with it) makes a thread blocked on a mutex runnable and then fails its
+        // acquisition. Spinning on `try_lock` takes the same lock without blocking.
+        #[cfg(freelane_loom)]
+        loop {
+            match self.lock.try_lock() {
+                Ok(guard) => break drop(guard),
+                Err(std::sync::TryLockError::Poisoned(e)) => break drop(e.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    freelane_sync::thread::yield_now();
+                }
+            }
+        }
+        self.cond.notify_all();
+    }
+}
+
 pub(crate) struct Shared {
     ring: Ring<Record>,
     overflow: Overflow,
@@ -325,6 +428,7 @@ pub(crate) struct Shared {
     done: AtomicBool,
     last_error: Mutex<Option<String>>,
     parker: Parker,
+    room: RoomWait,
 }
 
 impl Shared {
@@ -332,7 +436,7 @@ impl Shared {
     /// for a synchronous write). Never panics; never blocks unless the policy is `Block`.
     #[inline]
     pub(crate) fn submit<F: FnOnce(&mut Record)>(&self, level: Option<Level>, fill: F) {
-        let mut fill = match self.ring.try_push(fill) {
+        let fill = match self.ring.try_push(fill) {
             Ok(pos) => {
                 if freelane_sync::LOOM || pos % self.wake_every == 0 {
                     self.parker.wake();
@@ -347,24 +451,35 @@ impl Shared {
                 }
             }
         };
-        // Block: wait for the drainer to free a slot.
-        // The ring is full, so the drainer has work; wake it once in case it is about to park
-        // (it only parks on an empty ring, where our next attempt succeeds).
-        self.parker.wake_now();
+        self.push_blocking(level, fill);
+    }
+
+    /// `Overflow::Block` on a full ring: a few short spins, then sleep until the drainer frees
+    /// slots (see [`RoomWait`]), retry, repeat.
+    #[cold]
+    #[inline(never)]
+    fn push_blocking<F: FnOnce(&mut Record)>(&self, level: Option<Level>, mut fill: F) {
         let mut backoff = Backoff::new();
+        let mut spins_left = SPIN_TRIES;
         loop {
-            backoff.snooze();
+            if spins_left > 0 {
+                spins_left -= 1;
+                backoff.spin();
+            } else {
+                // The ring is full, so the drainer has work: make sure it is not parked (it
+                // parks only on an empty ring; an unpark before its park still counts).
+                self.parker.wake_now();
+                self.room.wait_for_room(&self.ring);
+            }
             match self.ring.try_push(fill) {
-                Ok(_) => {
-                    self.parker.wake_now();
+                Ok(pos) => {
+                    if freelane_sync::LOOM || pos % self.wake_every == 0 {
+                        self.parker.wake();
+                    }
                     return;
                 }
                 Err((PushError::Full, f)) => fill = f,
                 Err((PushError::Closed, f)) => return self.overflowed(level, f),
-            }
-            #[cfg(not(freelane_loom))]
-            if backoff.is_completed() {
-                std::thread::sleep(Duration::from_micros(20));
             }
         }
     }
@@ -510,6 +625,9 @@ fn drain_loop(shared: &Shared, batch: usize, idle: Duration) {
                 shared.max_depth.store(depth, Ordering::Relaxed);
             }
             consumed = consumed.wrapping_add(n);
+            // The batch's slots are free: wake callers sleeping on a full ring (if any) now, so
+            // they refill the ring while we write.
+            shared.room.notify();
             let mut w = shared.writer.lock().unwrap_or_else(|e| e.into_inner());
             let r = guarded_write(&mut **w, &out, false);
             drop(w);
@@ -553,6 +671,8 @@ fn drain_loop(shared: &Shared, batch: usize, idle: Duration) {
     }
     // Release: pairs with the Acquire loads in `flush` and `Guard::shutdown`.
     shared.done.store(true, Ordering::Release);
+    // Callers asleep on a full ring now find it closed (and write or drop their event).
+    shared.room.notify();
 }
 
 /// A cheap, cloneable handle to a running logger: statistics, flush, and the front doors.

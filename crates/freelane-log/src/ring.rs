@@ -120,6 +120,23 @@ impl<T> Ring<T> {
         }
     }
 
+    /// Whether a push would find the ring full right now (and not closed). A peek with no side
+    /// effect, for a waiting producer's re-check before it sleeps (see `RoomWait` in the logger):
+    /// the caller registers as a waiter, issues a `SeqCst` fence, then calls this; the consumer
+    /// frees slots, issues a `SeqCst` fence, then looks for waiters. If this reads "full" at
+    /// position `pos`, the consumer's free of position `pos - capacity` was not before the
+    /// caller's fence, so the consumer's fence after that free is later and sees the waiter.
+    pub(crate) fn is_full(&self) -> bool {
+        // Relaxed: ordered after the caller's registration by its SeqCst fence (see above).
+        let pos = self.tail.load(Ordering::Relaxed);
+        if pos & CLOSED != 0 {
+            return false;
+        }
+        // Relaxed: as above; no slot data is read on the strength of this load.
+        let seq = self.slots[pos & self.mask].seq.load(Ordering::Relaxed);
+        (seq.wrapping_sub(pos) as isize) < 0
+    }
+
     /// Consumes the next value with `f` if it is ready. Returns `false` when the ring is empty or
     /// the next position's producer has not finished filling it.
     ///

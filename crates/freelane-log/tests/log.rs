@@ -238,6 +238,46 @@ fn flush_returns_after_everything_before_it_is_written() {
     assert!(!logger.flush() || logger.stats().depth == 0);
 }
 
+/// Lossless callers that find the ring full sleep until the drainer frees slots; a shutdown
+/// while some are asleep wakes them too: each event is then written (accepted before the close)
+/// or counted as dropped (submitted after it), and no caller hangs.
+#[test]
+fn block_mode_callers_asleep_on_a_full_ring_finish_through_shutdown() {
+    let out = SharedBuf::slow(Duration::from_millis(2));
+    let (logger, guard) = Builder::new()
+        .capacity(2)
+        .batch(1)
+        .overflow(Overflow::Block)
+        .never_drop(None)
+        .build(out.clone())
+        .unwrap();
+    let per_thread = if cfg!(miri) { 3 } else { 50 };
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let logger = logger.clone();
+            std::thread::spawn(move || {
+                for i in 0..per_thread {
+                    logger.write_raw(None, format!("{t}-{i}\n").as_bytes());
+                }
+            })
+        })
+        .collect();
+    // Let the ring fill and the callers go to sleep, then close it under them.
+    std::thread::sleep(Duration::from_millis(20));
+    let stats = guard.shutdown(Duration::from_secs(60)).unwrap();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let after = logger.stats();
+    assert_eq!(after.emitted, 4 * per_thread);
+    assert_eq!(after.written + after.dropped, 4 * per_thread);
+    assert_eq!(after.written, stats.written);
+    let lines = out.lines();
+    assert_eq!(lines.len() as u64, after.written);
+    let unique: HashSet<&String> = lines.iter().collect();
+    assert_eq!(unique.len(), lines.len(), "a line was written twice");
+}
+
 #[test]
 fn events_after_shutdown_are_counted_as_dropped() {
     let out = SharedBuf::default();
