@@ -49,6 +49,9 @@
 //! `p + 1` (`Acquire`), renders it, and stores `p + capacity` (`Release`). Closing sets the top bit
 //! of `tail` with one `fetch_or`: positions claimed before it are exactly those below the returned
 //! value, every later CAS fails, so the drainer knows when it has consumed everything accepted.
+//! Rendering goes through `fmt` only for `Debug` values (formatted on the caller) and for floats
+//! that are not short decimals: integers, short decimals, JSON escaping and the timestamp (its
+//! date-time prefix cached per second) are written by hand, byte for byte what `fmt` would write.
 //! The drainer renders up to `batch` records into one buffer, writes it with one `write_all`,
 //! flushes the writer when the ring runs dry (or a flush is requested), and publishes the flushed
 //! position with a `Release` store that [`Logger::flush`] loads with `Acquire`. When idle it

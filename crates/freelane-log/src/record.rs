@@ -7,7 +7,6 @@
 //! into that buffer; JSON escaping, number formatting and the timestamp are done by the drainer.
 
 use std::fmt::{self, Write as _};
-use std::io::Write as _;
 
 use tracing_core::field::{Field, Visit};
 use tracing_core::{Level, Metadata};
@@ -173,52 +172,170 @@ impl Visit for JsonFields<'_> {
 
 fn json_str_into_string(out: &mut String, s: &str) {
     let mut v = Vec::with_capacity(s.len() + 2);
-    json_str(&mut v, s.as_bytes());
+    json_str_utf8(&mut v, s.as_bytes());
     // The escaper only emits valid UTF-8 for valid UTF-8 input.
     out.push_str(&String::from_utf8_lossy(&v));
 }
 
+/// The bytes the JSON string writer escapes (`"`, `\`, control characters); the rest are
+/// copied as they are. Bytes of multi-byte UTF-8 sequences are all >= 0x80, so escaping byte by
+/// byte is correct for any valid UTF-8.
+static NEEDS_ESCAPE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = true;
+        i += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
+
 /// Appends `s` as a JSON string literal (quoted and escaped). Invalid UTF-8 is replaced.
 pub(crate) fn json_str(out: &mut Vec<u8>, s: &[u8]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.push(b'"');
     // Valid UTF-8 (every string the encoder stores, unless a capacity cut split a character) is
-    // escaped in place; only invalid input pays for the lossy copy.
-    let lossy;
-    let bytes = match std::str::from_utf8(s) {
-        Ok(_) => s,
-        Err(_) => {
-            lossy = String::from_utf8_lossy(s);
-            lossy.as_bytes()
-        }
-    };
+    // escaped in place; only invalid input pays for the lossy copy. ASCII is checked first: it is
+    // the common case and a cheaper test than full validation.
+    if s.is_ascii() || std::str::from_utf8(s).is_ok() {
+        json_str_utf8(out, s);
+    } else {
+        json_str_utf8(out, String::from_utf8_lossy(s).as_bytes());
+    }
+}
+
+/// Appends `s`, which must be valid UTF-8 (a `str`'s bytes), as a JSON string literal.
+#[inline]
+pub(crate) fn json_str_utf8(out: &mut Vec<u8>, s: &[u8]) {
+    out.push(b'"');
     let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        if b >= 0x20 && b != b'"' && b != b'\\' {
+    for (i, &b) in s.iter().enumerate() {
+        if NEEDS_ESCAPE[b as usize] {
+            out.extend_from_slice(&s[start..i]);
+            push_escape(out, b);
+            start = i + 1;
+        }
+    }
+    out.extend_from_slice(&s[start..]);
+    out.push(b'"');
+}
+
+#[cold]
+fn push_escape(out: &mut Vec<u8>, b: u8) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    match b {
+        b'"' => out.extend_from_slice(b"\\\""),
+        b'\\' => out.extend_from_slice(b"\\\\"),
+        b'\n' => out.extend_from_slice(b"\\n"),
+        b'\r' => out.extend_from_slice(b"\\r"),
+        b'\t' => out.extend_from_slice(b"\\t"),
+        _ => out.extend_from_slice(&[
+            b'\\',
+            b'u',
+            b'0',
+            b'0',
+            HEX[(b >> 4) as usize],
+            HEX[(b & 0xf) as usize],
+        ]),
+    }
+}
+
+/// Two-digit pairs "00".."99" for the integer writers.
+const DIGITS2: &[u8; 200] = b"\
+0001020304050607080910111213141516171819\
+2021222324252627282930313233343536373839\
+4041424344454647484950515253545556575859\
+6061626364656667686970717273747576777879\
+8081828384858687888990919293949596979899";
+
+/// Appends `n` in decimal (as `Display` does), without going through `fmt`.
+pub(crate) fn write_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    while n >= 100 {
+        let r = (n % 100) as usize * 2;
+        n /= 100;
+        i -= 2;
+        buf[i..i + 2].copy_from_slice(&DIGITS2[r..r + 2]);
+    }
+    if n >= 10 {
+        let r = n as usize * 2;
+        i -= 2;
+        buf[i..i + 2].copy_from_slice(&DIGITS2[r..r + 2]);
+    } else {
+        i -= 1;
+        buf[i] = b'0' + n as u8;
+    }
+    out.extend_from_slice(&buf[i..]);
+}
+
+/// Appends `n` in decimal (as `Display` does), without going through `fmt`.
+pub(crate) fn write_i64(out: &mut Vec<u8>, n: i64) {
+    if n < 0 {
+        out.push(b'-');
+    }
+    write_u64(out, n.unsigned_abs());
+}
+
+/// Appends an `f64` as JSON: finite values as `Display` writes them, others as a string.
+pub(crate) fn write_f64(out: &mut Vec<u8>, v: f64) {
+    if !v.is_finite() {
+        let _ = write!(BufWriter(out), "\"{v}\"");
+    } else if !write_f64_short(out, v) {
+        let _ = write!(BufWriter(out), "{v}");
+    }
+}
+
+/// The exact fast path of [`write_f64`] for values that are a decimal with at most 6 fractional
+/// digits and an integer part below about 10^9 (`0.5`, `12.5`, `1024`): writes what `Display`
+/// writes and returns `true`, or writes nothing and returns `false`.
+///
+/// `Display` writes the shortest decimal that parses back to `v`. Let `k` be the fewest
+/// fractional digits for which `m = round(|v| * 10^k)` satisfies `m / 10^k == |v|` (exact
+/// operands, correctly rounded division: that decimal parses back to `v`). No decimal with fewer
+/// fractional digits parses back to `v` (for `m < 2^50` the rounded product is within 1/4 of the
+/// exact one, so `m` is the only candidate at each `k`), and at `k` it is the only one (the
+/// values that round to `v` span less than 1/2 at that scale), so it is the shortest. A trailing
+/// zero would contradict the minimal `k`; it sends the value to `Display` instead.
+fn write_f64_short(out: &mut Vec<u8>, v: f64) -> bool {
+    const POW10: [f64; 7] = [1.0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6];
+    const LIMIT: f64 = (1u64 << 50) as f64;
+    if v == 0.0 {
+        out.extend_from_slice(if v.is_sign_negative() { b"-0" } else { b"0" });
+        return true;
+    }
+    let a = v.abs();
+    for (k, &p) in POW10.iter().enumerate() {
+        let m = (a * p).round();
+        if m >= LIMIT {
+            return false;
+        }
+        if m / p != a {
             continue;
         }
-        let esc: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0..=0x1f => {
-                out.extend_from_slice(&bytes[start..i]);
-                out.extend_from_slice(b"\\u00");
-                out.push(HEX[(b >> 4) as usize]);
-                out.push(HEX[(b & 0xf) as usize]);
-                start = i + 1;
-                continue;
+        let m = m as u64;
+        let scale = 10u64.pow(k as u32);
+        let (int, frac) = (m / scale, m % scale);
+        if k > 0 && frac % 10 == 0 {
+            return false;
+        }
+        if v < 0.0 {
+            out.push(b'-');
+        }
+        write_u64(out, int);
+        if k > 0 {
+            out.push(b'.');
+            let mut digits = [b'0'; 6];
+            let mut f = frac;
+            for d in digits[..k].iter_mut().rev() {
+                *d = b'0' + (f % 10) as u8;
+                f /= 10;
             }
-            _ => continue,
-        };
-        out.extend_from_slice(&bytes[start..i]);
-        out.extend_from_slice(esc);
-        start = i + 1;
+            out.extend_from_slice(&digits[..k]);
+        }
+        return true;
     }
-    out.extend_from_slice(&bytes[start..]);
-    out.push(b'"');
+    false
 }
 
 /// A cursor over an encoded buffer; every read is bounds-checked (a malformed buffer ends the
@@ -281,7 +398,11 @@ fn render_event(rec: &Record, out: &mut Vec<u8>, clock: &mut ClockCache) {
         at: 0,
     };
     let mut first = true;
-    let mut spans: Vec<(&[u8], &[u8])> = Vec::new();
+    // Spans are listed twice (the innermost as "span", then all as "spans"), so remember where
+    // the first one starts and which is the last, and walk them again below (no allocation).
+    let mut spans_at = None;
+    let mut spans = 0usize;
+    let mut last_span: Option<(&[u8], &[u8])> = None;
     while let Some(tag) = c.u8() {
         match tag {
             FIELD => {
@@ -297,23 +418,12 @@ fn render_event(rec: &Record, out: &mut Vec<u8>, clock: &mut ClockCache) {
                     out.push(b',');
                 }
                 first = false;
-                json_str(out, name.as_bytes());
+                json_str_utf8(out, name.as_bytes());
                 out.push(b':');
                 let ok = match vt {
-                    V_I64 => c.eight().map(|b| {
-                        let _ = write!(out, "{}", i64::from_le_bytes(b));
-                    }),
-                    V_U64 => c.eight().map(|b| {
-                        let _ = write!(out, "{}", u64::from_le_bytes(b));
-                    }),
-                    V_F64 => c.eight().map(|b| {
-                        let v = f64::from_le_bytes(b);
-                        if v.is_finite() {
-                            let _ = write!(out, "{v}");
-                        } else {
-                            let _ = write!(out, "\"{v}\"");
-                        }
-                    }),
+                    V_I64 => c.eight().map(|b| write_i64(out, i64::from_le_bytes(b))),
+                    V_U64 => c.eight().map(|b| write_u64(out, u64::from_le_bytes(b))),
+                    V_F64 => c.eight().map(|b| write_f64(out, f64::from_le_bytes(b))),
                     V_BOOL => c.u8().map(|b| {
                         out.extend_from_slice(if b != 0 { b"true" } else { b"false" });
                     }),
@@ -326,25 +436,36 @@ fn render_event(rec: &Record, out: &mut Vec<u8>, clock: &mut ClockCache) {
                 }
             }
             SPAN => {
+                let at = c.at - 1;
                 let (Some(name), Some(fields)) = (c.bytes(), c.bytes()) else {
                     break;
                 };
-                spans.push((name, fields));
+                spans_at.get_or_insert(at);
+                spans += 1;
+                last_span = Some((name, fields));
             }
             _ => break,
         }
     }
     out.extend_from_slice(b"},\"target\":");
-    json_str(out, meta.target().as_bytes());
-    if let Some(&(name, fields)) = spans.last() {
+    json_str_utf8(out, meta.target().as_bytes());
+    if let (Some((name, fields)), Some(at)) = (last_span, spans_at) {
         out.extend_from_slice(b",\"span\":");
         span_obj(out, name, fields);
         out.extend_from_slice(b",\"spans\":[");
-        for (i, &(name, fields)) in spans.iter().enumerate() {
+        let mut c = Cursor { buf: &rec.buf, at };
+        let mut i = 0;
+        // The encoder writes spans after all fields, so the `spans` complete entries seen above
+        // are the consecutive entries from `at`; anything else ends the list.
+        while i < spans {
+            let (Some(SPAN), Some(name), Some(fields)) = (c.u8(), c.bytes(), c.bytes()) else {
+                break;
+            };
             if i > 0 {
                 out.push(b',');
             }
             span_obj(out, name, fields);
+            i += 1;
         }
         out.push(b']');
     }
@@ -392,8 +513,21 @@ impl ClockCache {
             self.valid = true;
         }
         out.extend_from_slice(&self.prefix);
-        let micros = (nanos % 1_000_000_000) / 1_000;
-        let _ = write!(out, "{micros:06}Z");
+        let micros = ((nanos % 1_000_000_000) / 1_000) as usize; // < 1_000_000
+        let (a, b, c) = (
+            micros / 10_000 * 2,
+            micros / 100 % 100 * 2,
+            micros % 100 * 2,
+        );
+        out.extend_from_slice(&[
+            DIGITS2[a],
+            DIGITS2[a + 1],
+            DIGITS2[b],
+            DIGITS2[b + 1],
+            DIGITS2[c],
+            DIGITS2[c + 1],
+            b'Z',
+        ]);
     }
 }
 
@@ -432,6 +566,47 @@ mod tests {
         let mut out = Vec::new();
         json_str(&mut out, b"a\"b\\c\nd\x01e");
         assert_eq!(out, br#""a\"b\\c\nd\u0001e""#);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn integers_render_as_display_does(u: u64, i: i64, small in 0u64..1000) {
+            for n in [u, small] {
+                let mut out = Vec::new();
+                write_u64(&mut out, n);
+                proptest::prop_assert_eq!(out, n.to_string().into_bytes());
+            }
+            let mut out = Vec::new();
+            write_i64(&mut out, i);
+            proptest::prop_assert_eq!(out, i.to_string().into_bytes());
+        }
+
+        #[test]
+        fn short_decimals_render_as_display_does(
+            m in 0u64..10_000_000_000_000,
+            k in 0u32..9,
+            neg: bool,
+            bits: u64,
+            x in -1e10f64..1e10,
+        ) {
+            let d = m as f64 / 10f64.powi(k as i32);
+            let d = if neg { -d } else { d };
+            for v in [d, f64::from_bits(bits), x, (x * 1000.0).round() / 1000.0] {
+                let mut out = Vec::new();
+                write_f64(&mut out, v);
+                let want = if v.is_finite() { format!("{v}") } else { format!("\"{v}\"") };
+                proptest::prop_assert_eq!(String::from_utf8(out).unwrap(), want, "{:?}", v);
+            }
+        }
+
+        #[test]
+        fn microseconds_render_with_six_digits(nanos in 0u64..4_102_444_800_000_000_000) {
+            let mut out = Vec::new();
+            ClockCache::default().write_rfc3339(&mut out, nanos);
+            let micros = nanos % 1_000_000_000 / 1_000;
+            let want = format!("{micros:06}Z");
+            proptest::prop_assert_eq!(&out[20..], want.as_bytes());
+        }
     }
 
     #[test]

@@ -404,3 +404,82 @@ proptest! {
         prop_assert_eq!(v["fields"]["n"].as_i64().unwrap(), n);
     }
 }
+
+/// The exact bytes of rendered lines (all but the timestamp's value), for every value type,
+/// escapes, non-ASCII text, extreme numbers and nested spans: the drainer's hand-written number,
+/// string and timestamp writers must produce what the `fmt`-based rendering did.
+#[test]
+fn rendered_lines_are_byte_exact() {
+    let out = SharedBuf::default();
+    let (layer, guard) = freelane_log::layer(out.clone());
+    tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
+        tracing::info!(
+            target: "t",
+            a = 0u64,
+            b = 9u64,
+            c = 10u64,
+            d = 99u64,
+            e = 100u64,
+            f = 12_345_678_901u64,
+            g = u64::MAX,
+            h = 0i64,
+            i = -1i64,
+            j = i64::MIN,
+            k = i64::MAX,
+            "plain"
+        );
+        tracing::info!(
+            target: "t",
+            a = 12.5,
+            b = 0.1,
+            c = -0.0,
+            d = 1e21,
+            e = 1e-7,
+            f = f64::NAN,
+            g = f64::NEG_INFINITY,
+            h = f64::MAX,
+            i = 123_456.789,
+            j = 5e-324,
+            "floats"
+        );
+        tracing::info!(
+            target: "t",
+            s = "q\"b\\n\nr\rt\tc\u{1}\u{1f} é 日本 \u{7f}",
+            e = "",
+            yes = true,
+            no = false,
+            dbg = ?("x\ty", 3),
+            "{}",
+            "msg \"with\" quotes"
+        );
+        let outer = tracing::info_span!("outer", id = 7u64, user = "a\"n");
+        let _o = outer.enter();
+        let inner = tracing::info_span!("in\"ner", f = 2.5);
+        let _i = inner.enter();
+        tracing::error!(target: "app::x", n = -3i64, "in spans");
+    });
+    drop(guard);
+    let lines: Vec<String> = out
+        .lines()
+        .into_iter()
+        .map(|l| {
+            let start = l.find("\"timestamp\":\"").expect("a timestamp") + 13;
+            let ts = &l[start..start + 27];
+            assert!(
+                ts.ends_with('Z') && &ts[10..11] == "T" && &ts[19..20] == ".",
+                "{ts}"
+            );
+            format!("{}TS{}", &l[..start], &l[start + 27..])
+        })
+        .collect();
+    let expected = [
+        "{\"timestamp\":\"TS\",\"level\":\"INFO\",\"fields\":{\"message\":\"plain\",\"a\":0,\"b\":9,\"c\":10,\"d\":99,\"e\":100,\"f\":12345678901,\"g\":18446744073709551615,\"h\":0,\"i\":-1,\"j\":-9223372036854775808,\"k\":9223372036854775807},\"target\":\"t\"}",
+        "{\"timestamp\":\"TS\",\"level\":\"INFO\",\"fields\":{\"message\":\"floats\",\"a\":12.5,\"b\":0.1,\"c\":-0,\"d\":1000000000000000000000,\"e\":0.0000001,\"f\":\"NaN\",\"g\":\"-inf\",\"h\":179769313486231570000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000,\"i\":123456.789,\"j\":0.000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000005},\"target\":\"t\"}",
+        "{\"timestamp\":\"TS\",\"level\":\"INFO\",\"fields\":{\"message\":\"msg \\\"with\\\" quotes\",\"s\":\"q\\\"b\\\\n\\nr\\rt\\tc\\u0001\\u001f é 日本 \u{7f}\",\"e\":\"\",\"yes\":true,\"no\":false,\"dbg\":\"(\\\"x\\\\ty\\\", 3)\"},\"target\":\"t\"}",
+        "{\"timestamp\":\"TS\",\"level\":\"ERROR\",\"fields\":{\"message\":\"in spans\",\"n\":-3},\"target\":\"app::x\",\"span\":{\"f\":2.5,\"name\":\"in\\\"ner\"},\"spans\":[{\"id\":7,\"user\":\"a\\\"n\",\"name\":\"outer\"},{\"f\":2.5,\"name\":\"in\\\"ner\"}]}",
+    ];
+    assert_eq!(lines.len(), expected.len(), "{lines:#?}");
+    for (got, want) in lines.iter().zip(expected) {
+        assert_eq!(got, want);
+    }
+}
