@@ -65,8 +65,11 @@
 //!   `tail` (Release); on a lost race, take the value back and help `tail` forward.
 //! - *Pop.* Pin; load `head`; if `deq >= enq` and `next` is null the queue is empty: return `None`
 //!   without consuming an index (the *empty pre-check*, so idle consumers do not burn slots).
-//!   Otherwise `deq.fetch_add(1)` claims index `i` and `swap(TAKEN)` (Acquire) on slot `i`
-//!   takes the value if it was `WRITTEN`; if it was `EMPTY` the slot is poisoned and the pop
+//!   Otherwise `deq.fetch_add(1)` claims index `i`. If slot `i` already reads `WRITTEN`
+//!   (Acquire load) the value is taken without another RMW: index `i` is this consumer's alone
+//!   and its producer is done with the slot (`Drop` therefore only considers slots at or past
+//!   `deq`). Otherwise, after a short wait for the producer, `swap(TAKEN)` (Acquire) takes the
+//!   value if it was `WRITTEN` meanwhile; if it was `EMPTY` the slot is poisoned and the pop
 //!   retries. If `i >= 1024`, move `head` to `next` (after moving `tail` off this segment if it
 //!   lags there) and retire the old segment with `defer_destroy`.
 //! - *Why not SegQueue's design.* crossbeam's `SegQueue` claims a slot by a CAS loop on the
@@ -79,7 +82,8 @@
 //! - *Reclamation.* A segment is retired only by the thread whose CAS moved `head` past it, after
 //!   `tail` has been moved past it, so no thread pinning later can reach it; threads pinned
 //!   earlier (possibly still reading or writing its slots) are covered by the epoch.
-//! - *Orderings.* Slot hand-off: producer's Release CAS to `WRITTEN` / consumer's Acquire swap.
+//! - *Orderings.* Slot hand-off: producer's Release CAS to `WRITTEN` / consumer's Acquire load or
+//!   swap.
 //!   Segment publication: Release CAS on `next`/`tail`/`head` / Acquire loads. Index FAAs and the
 //!   empty check's loads are `SeqCst` so the empty decision is linearizable (free on x86).
 //!

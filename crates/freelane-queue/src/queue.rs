@@ -262,31 +262,47 @@ impl<T> Queue<T> {
             // Empty pre-check, so that pops on an empty queue do not burn slots.
             // SeqCst loads: in the same total order as the index FAAs (see `push`).
             let deq = seg.deq.load(Ordering::SeqCst);
-            let enq = seg.enq.load(Ordering::SeqCst);
-            if deq >= enq && seg.next.load(Ordering::SeqCst, guard).is_null() {
+            // If the slot at `deq` is already written, a producer claimed index `deq`, so
+            // `enq > deq` and the check below would pass: skip loading `enq`, whose cache line
+            // every push writes. Relaxed: only a hint; the claim below synchronizes.
+            let written = deq < Segment::<T>::LEN
+                && seg.slots[deq].state.load(Ordering::Relaxed) == WRITTEN;
+            if !written
+                && deq >= seg.enq.load(Ordering::SeqCst)
+                && seg.next.load(Ordering::SeqCst, guard).is_null()
+            {
                 return None;
             }
             // SeqCst: see `push`.
             let idx = seg.deq.fetch_add(1, Ordering::SeqCst);
             if idx < Segment::<T>::LEN {
                 let slot = &seg.slots[idx];
-                // If a producer has claimed this index but not written it yet, wait a little
+                // Fast path: already written. Index `idx` is ours alone (our FAA claimed it) and
+                // its producer never touches the slot after publishing, so no state change is
+                // needed: `Drop` only drops slots at or past `deq` (see `Queue::drop`).
+                // Acquire: pairs with the producer's Release CAS to WRITTEN, so the value write
+                // happens-before our read.
+                if slot.state.load(Ordering::Acquire) == WRITTEN {
+                    // SAFETY: WRITTEN, and `idx` was claimed by our FAA, so we are the only
+                    // reader of this initialised value and nobody writes the cell again.
+                    return Some(slot.value.with(|p| unsafe { (*p).assume_init_read() }));
+                }
+                // A producer has claimed this index but not written it yet: wait a little
                 // rather than poisoning it (which would send the producer to the next index).
-                // Relaxed: only a hint; the swap below is what synchronizes.
-                if slot.state.load(Ordering::Relaxed) == EMPTY
-                    && seg.enq.load(Ordering::Relaxed) > idx
-                {
+                if seg.enq.load(Ordering::Relaxed) > idx {
                     let mut backoff = Backoff::new();
                     for _ in 0..CONSUMER_PATIENCE {
                         backoff.spin();
-                        // Relaxed: only a hint, as above.
+                        // Relaxed: only a hint; the swap below is what synchronizes.
                         if slot.state.load(Ordering::Relaxed) != EMPTY {
                             break;
                         }
                     }
                 }
                 // Acquire: pairs with the producer's Release CAS to WRITTEN, so the value write
-                // happens-before our read. (No Release needed: slots are never reused.)
+                // happens-before our read. Swapping in TAKEN poisons the slot if the producer
+                // has still not written it; its CAS then fails and it retries elsewhere. (No
+                // Release needed: slots are never reused.)
                 if slot.state.swap(TAKEN, Ordering::Acquire) == WRITTEN {
                     // SAFETY: we saw WRITTEN and replaced it with TAKEN, so we are the only
                     // reader of this initialised value and nobody writes the cell again.
@@ -371,10 +387,16 @@ impl<T> Drop for Queue<T> {
             // SAFETY: exclusive access (see above); each linked segment is visited once and
             // freed by us, as it was never retired.
             let seg = unsafe { cur.into_owned() }.into_box();
-            for slot in seg.slots.iter() {
-                // Relaxed: exclusive access; the thread handing us `&mut self` synchronized.
+            // Slots below `deq` were claimed by consumers, each of which either took the value
+            // (without necessarily marking the slot) or poisoned it; every operation has
+            // finished (we hold `&mut self`). Only slots at or past `deq` can hold live values.
+            // Relaxed: exclusive access; the thread handing us `&mut self` synchronized.
+            let deq = seg.deq.load(Ordering::Relaxed).min(seg.slots.len());
+            for slot in &seg.slots[deq..] {
+                // Relaxed: exclusive access, as above.
                 if slot.state.load(Ordering::Relaxed) == WRITTEN {
-                    // SAFETY: WRITTEN and never taken: initialised, dropped exactly once here.
+                    // SAFETY: WRITTEN and not claimed by any consumer: initialised, dropped
+                    // exactly once here.
                     slot.value.with_mut(|p| unsafe { (*p).assume_init_drop() });
                 }
             }
