@@ -55,8 +55,9 @@
 //! The drainer renders up to `batch` records into one buffer, writes it with one `write_all`,
 //! flushes the writer when the ring runs dry (or a flush is requested), and publishes the flushed
 //! position with a `Release` store that [`Logger::flush`] loads with `Acquire`. When idle it
-//! parks with a timeout (1 ms by default); callers wake it only every `capacity/16` events, on a
-//! full ring, a flush or a shutdown, so a caller almost never makes a system call. A missed
+//! parks with a timeout (1 ms by default); callers wake it only when a check every
+//! `capacity/16` events finds the ring at least a quarter full, on a full ring (`Block`), a flush
+//! or a shutdown, so a caller in a lightly loaded process makes no system call. A missed
 //! wake-up costs at most one idle poll. Lossless callers that find the ring full sleep on an event
 //! count: they register in a waiter counter, re-check the ring, then wait on a condition variable;
 //! after each batch the drainer issues a fence and reads the counter, and takes the lock only when

@@ -162,7 +162,8 @@ impl Builder {
     }
 
     /// How long the idle drainer sleeps between polls (it is also woken by flushes, shutdown,
-    /// a full ring, and every capacity/16 events).
+    /// a full ring in `Overflow::Block` mode, and by callers that find the ring at least a quarter
+    /// full, checked every capacity/16 events).
     pub fn idle_poll(mut self, idle: Duration) -> Self {
         self.idle = idle;
         self
@@ -439,7 +440,7 @@ impl Shared {
         let fill = match self.ring.try_push(fill) {
             Ok(pos) => {
                 if freelane_sync::LOOM || pos % self.wake_every == 0 {
-                    self.parker.wake();
+                    self.nudge(pos);
                 }
                 return;
             }
@@ -452,6 +453,23 @@ impl Shared {
             }
         };
         self.push_blocking(level, fill);
+    }
+
+    /// Every `wake_every` positions: wakes the drainer if it sleeps and the ring is at least a
+    /// quarter full. Below that its idle poll (`Builder::idle_poll`, 1 ms by default) comes soon
+    /// enough, and a caller in a lightly loaded process makes no system call. Under loom: always
+    /// wakes (the model's drainer has no timed poll).
+    #[cold]
+    #[inline(never)]
+    fn nudge(&self, pos: usize) {
+        if !freelane_sync::LOOM {
+            // Negative when the drainer already consumed `pos` (no need to wake it then).
+            let depth = pos.wrapping_sub(self.ring.consumed()) as isize;
+            if depth < (self.ring.capacity() / 4) as isize {
+                return;
+            }
+        }
+        self.parker.wake();
     }
 
     /// `Overflow::Block` on a full ring: a few short spins, then sleep until the drainer frees
@@ -474,7 +492,7 @@ impl Shared {
             match self.ring.try_push(fill) {
                 Ok(pos) => {
                     if freelane_sync::LOOM || pos % self.wake_every == 0 {
-                        self.parker.wake();
+                        self.nudge(pos);
                     }
                     return;
                 }
