@@ -131,6 +131,34 @@ fn queue_drop_with_values_left_drops_each_once() {
     });
 }
 
+/// Two consumers (a spawned thread and main) pop concurrently from a queue holding three values
+/// across a segment boundary, typically taking written slots without marking them; dropping the
+/// queue afterwards drops only the value left, so every value is dropped exactly once.
+#[test]
+fn queue_two_consumers_then_drop_drops_each_once() {
+    run_model("queue::2c_then_drop", || {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let q = Arc::new(Queue::new());
+        (0..3).for_each(|v| q.push(Tracked(v, Arc::clone(&drops))));
+        let consumer = {
+            let q = Arc::clone(&q);
+            thread::spawn(move || q.pop().map(|t| t.0))
+        };
+        let mine = q.pop().map(|t| t.0);
+        let theirs = consumer.join().unwrap();
+        let (Some(a), Some(b)) = (mine, theirs) else {
+            panic!("a pop reported empty with three values queued: {mine:?} {theirs:?}");
+        };
+        assert_ne!(a, b, "two consumers got the same value");
+        assert!(a < 2 && b < 2, "FIFO: the first two values must go first ({a}, {b})");
+        // Relaxed: after join.
+        assert_eq!(drops.load(Ordering::Relaxed), 2);
+        drop(q);
+        // Relaxed: after join; the queue is gone.
+        assert_eq!(drops.load(Ordering::Relaxed), 3);
+    });
+}
+
 /// At capacity 1, two producers race `try_push` while a consumer pops: the queue never holds
 /// more than one value, a refused value is given back intact, and accepted values are conserved.
 #[test]

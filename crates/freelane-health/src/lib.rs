@@ -67,9 +67,10 @@
 //!   by [`HealthConfigBuilder::build`].
 //!
 //! # Implementation
-//! [`SeqLock`] stores a `T: bytemuck::Pod` as `ceil(size_of::<T>()/8)` `AtomicU64` words in a
-//! boxed slice sized at construction (stable Rust cannot size an array by `size_of::<T>()` in
-//! generic code, and loom's atomics must be constructed, not transmuted), and uses Boehm's
+//! [`SeqLock`] stores a `T: bytemuck::Pod` as `ceil(size_of::<T>()/8)` `AtomicU64` words right
+//! after its sequence word, in one boxed block of 64-byte-aligned lines sized at construction
+//! (stable Rust cannot size an array by `size_of::<T>()` in generic code, and loom's atomics must
+//! be constructed, not transmuted), and uses Boehm's
 //! fence recipe (see [`SeqLock`] and `docs/ORDERINGS.md`): writers CAS the sequence odd
 //! (Acquire) + `fence(Release)`, store the words Relaxed, store the even sequence (Release);
 //! readers load the sequence (Acquire), the words (Relaxed), `fence(Acquire)`, and re-check the

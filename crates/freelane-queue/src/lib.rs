@@ -19,7 +19,8 @@
 //!   one producer are popped in push order by any consumer, and a `pop` that starts after a
 //!   `push` returned (happens-after) never reports empty unless that value was already taken.
 //! - *Happens-before.* Everything a producer did before `push(v)` happens-before everything the
-//!   consumer that pops `v` does after `pop` returns (Release CAS on the slot state, Acquire swap).
+//!   consumer that pops `v` does after `pop` returns (Release CAS on the slot state, Acquire load
+//!   or swap).
 //! - *Progress.* `push` and `pop` are lock-free: a thread retries only because another thread
 //!   made progress (claimed an index, linked or unlinked a segment). Nothing ever blocks or
 //!   parks; a consumer that claims a slot whose producer is mid-write waits at most 8 short spins

@@ -23,8 +23,11 @@ const SEGMENT_BYTES: usize = 64 * 1024;
 /// little avoids forcing the producer to retry on the next index under hand-off.
 const CONSUMER_PATIENCE: u32 = if freelane_sync::LOOM { 1 } else { 8 };
 
-/// Slot states. A slot goes `EMPTY -> WRITTEN -> TAKEN` (normal hand-off) or `EMPTY -> TAKEN`
-/// (poisoned by a consumer that arrived first; the producer then retries elsewhere).
+/// Slot states. A slot goes `EMPTY -> WRITTEN` when its producer publishes the value, and
+/// `EMPTY -> TAKEN` when a consumer that arrived first poisons it (the producer then retries
+/// elsewhere); a consumer that finds it `WRITTEN` takes the value without changing the state,
+/// or swaps in `TAKEN` if it had to wait for the producer. So below a segment's `deq`, `WRITTEN`
+/// no longer means the value is present; at or past `deq` it does.
 const EMPTY: usize = 0;
 const WRITTEN: usize = 1;
 const TAKEN: usize = 2;
@@ -111,7 +114,7 @@ impl<T> Segment<T> {
 
 impl<T> Drop for Segment<T> {
     fn drop(&mut self) {
-        // Values are not dropped here: `Queue::drop` drops the written, untaken ones.
+        // Values are not dropped here: `Queue::drop` drops the WRITTEN slots at or past `deq`.
         // Relaxed: a statistic; nothing is published through it.
         LIVE_SEGMENTS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
@@ -119,8 +122,8 @@ impl<T> Drop for Segment<T> {
 
 /// Unbounded multi-producer multi-consumer FIFO queue.
 ///
-/// Lock-free; one fetch-and-add plus one CAS (push) or swap (pop) per operation in the common
-/// case; values live inline in 1024-slot segments (no allocation per item); unlinked segments are
+/// Lock-free; one fetch-and-add plus one CAS (push) or one load (pop) per operation in the
+/// common case; values live inline in 1024-slot segments (no allocation per item); unlinked segments are
 /// reclaimed with crossbeam-epoch. See the [crate docs](crate) for the guarantees and protocol.
 ///
 /// ```
@@ -265,8 +268,8 @@ impl<T> Queue<T> {
             // If the slot at `deq` is already written, a producer claimed index `deq`, so
             // `enq > deq` and the check below would pass: skip loading `enq`, whose cache line
             // every push writes. Relaxed: only a hint; the claim below synchronizes.
-            let written = deq < Segment::<T>::LEN
-                && seg.slots[deq].state.load(Ordering::Relaxed) == WRITTEN;
+            let written =
+                deq < Segment::<T>::LEN && seg.slots[deq].state.load(Ordering::Relaxed) == WRITTEN;
             if !written
                 && deq >= seg.enq.load(Ordering::SeqCst)
                 && seg.next.load(Ordering::SeqCst, guard).is_null()
@@ -289,6 +292,7 @@ impl<T> Queue<T> {
                 }
                 // A producer has claimed this index but not written it yet: wait a little
                 // rather than poisoning it (which would send the producer to the next index).
+                // Relaxed: only a hint; the swap below synchronizes.
                 if seg.enq.load(Ordering::Relaxed) > idx {
                     let mut backoff = Backoff::new();
                     for _ in 0..CONSUMER_PATIENCE {
