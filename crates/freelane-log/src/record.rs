@@ -570,6 +570,7 @@ mod tests {
 
     proptest::proptest! {
         #[test]
+        #[cfg_attr(miri, ignore)] // proptest needs the file system (isolation)
         fn integers_render_as_display_does(u: u64, i: i64, small in 0u64..1000) {
             for n in [u, small] {
                 let mut out = Vec::new();
@@ -582,6 +583,7 @@ mod tests {
         }
 
         #[test]
+        #[cfg_attr(miri, ignore)] // proptest needs the file system (isolation)
         fn short_decimals_render_as_display_does(
             m in 0u64..10_000_000_000_000,
             k in 0u32..9,
@@ -600,6 +602,7 @@ mod tests {
         }
 
         #[test]
+        #[cfg_attr(miri, ignore)] // proptest needs the file system (isolation)
         fn microseconds_render_with_six_digits(nanos in 0u64..4_102_444_800_000_000_000) {
             let mut out = Vec::new();
             ClockCache::default().write_rfc3339(&mut out, nanos);
