@@ -23,9 +23,10 @@
 //! - **Callers never take a lock** on the normal path: one CAS claims a ring position, the
 //!   record is filled in place, one release store publishes it. With [`Overflow::Drop`] a caller
 //!   never waits; with [`Overflow::Block`] it waits only while the ring is full: a few short
-//!   spins, then it sleeps (a mutex and condition variable used only on this path) until the
-//!   drainer has consumed a batch. The only lock a caller can take is the writer's, on the synchronous
-//!   fallback for never-dropped levels ([`Builder::never_drop`]) when the ring is full or closed.
+//!   spins, then it sleeps until the drainer has consumed a batch. The only locks a caller can
+//!   take are that sleep's mutex (a full ring in `Block` mode) and the writer's, on the
+//!   synchronous fallback for never-dropped levels ([`Builder::never_drop`]) when the ring is
+//!   full or closed.
 //! - **Nothing is lost silently.** Every submitted event ends in exactly one of
 //!   [`Stats::written`], [`Stats::dropped`] or [`Stats::failed`] (failed: in a write the writer
 //!   returned an error for), so after shutdown `emitted == written + dropped + failed`. Drops
