@@ -9,7 +9,7 @@ use freelane_sync::sync::{Arc, Condvar, Mutex};
 use freelane_sync::{Backoff, CachePadded};
 use tracing_core::Level;
 
-use crate::record::{self, ClockCache, Record};
+use crate::record::{self, Record, Renderer};
 use crate::ring::{PushError, Ring};
 
 /// What a caller does when the ring is full.
@@ -515,7 +515,7 @@ impl Shared {
         let mut rec = Record::default();
         fill(&mut rec);
         let mut out = Vec::with_capacity(rec.buf.len() + 128);
-        record::render(&rec, &mut out, &mut ClockCache::default());
+        record::render(&rec, &mut out, &mut Renderer::default());
         let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let ok = guarded_write(&mut **w, &out, true);
         drop(w);
@@ -605,7 +605,7 @@ fn guarded_write(w: &mut dyn Write, bytes: &[u8], flush: bool) -> Result<(), Str
 /// The drainer: pops batches, renders them, writes each batch with one call, flushes when idle.
 fn drain_loop(shared: &Shared, batch: usize, idle: Duration) {
     let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
-    let mut clock = ClockCache::default();
+    let mut renderer = Renderer::default();
     let mut dirty = false;
     // The drainer is the only consumer, so it tracks `head` locally (the ring's own `head` is
     // published for other readers in `pop_with`).
@@ -619,7 +619,7 @@ fn drain_loop(shared: &Shared, batch: usize, idle: Duration) {
             // SAFETY: this thread is the ring's only consumer (no other code calls pop_with).
             let popped = unsafe {
                 shared.ring.pop_with(|rec| {
-                    record::render(rec, &mut out, &mut clock);
+                    record::render(rec, &mut out, &mut renderer);
                     rec.clear();
                     if rec.buf.capacity() > 4096 {
                         rec.buf.shrink_to(1024);

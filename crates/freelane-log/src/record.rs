@@ -377,19 +377,20 @@ fn level_str(level: &Level) -> &'static str {
 
 /// Renders `rec` into `out` as one line (events as JSON; raw bytes verbatim, a newline is not
 /// added). Returns `true` when something was rendered.
-pub(crate) fn render(rec: &Record, out: &mut Vec<u8>, clock: &mut ClockCache) {
+pub(crate) fn render(rec: &Record, out: &mut Vec<u8>, r: &mut Renderer) {
     match rec.kind {
         Kind::Raw => out.extend_from_slice(&rec.buf),
-        Kind::Event => render_event(rec, out, clock),
+        Kind::Event => render_event(rec, out, r),
     }
 }
 
-fn render_event(rec: &Record, out: &mut Vec<u8>, clock: &mut ClockCache) {
+fn render_event(rec: &Record, out: &mut Vec<u8>, r: &mut Renderer) {
     let Some(meta) = rec.meta else {
         return;
     };
     out.extend_from_slice(b"{\"timestamp\":\"");
-    clock.write_rfc3339(out, rec.timestamp);
+    r.clock.write_rfc3339(out, rec.timestamp);
+    let site = r.sites.get(meta);
     out.extend_from_slice(b"\",\"level\":\"");
     out.extend_from_slice(level_str(meta.level()).as_bytes());
     out.extend_from_slice(b"\",\"fields\":{");
@@ -409,17 +410,11 @@ fn render_event(rec: &Record, out: &mut Vec<u8>, clock: &mut ClockCache) {
                 let (Some(idx), Some(vt)) = (c.u8(), c.u8()) else {
                     break;
                 };
-                let name = meta
-                    .fields()
-                    .iter()
-                    .nth(idx as usize)
-                    .map_or("?", |f| f.name());
                 if !first {
                     out.push(b',');
                 }
                 first = false;
-                json_str_utf8(out, name.as_bytes());
-                out.push(b':');
+                out.extend_from_slice(site.key(idx));
                 let ok = match vt {
                     V_I64 => c.eight().map(|b| write_i64(out, i64::from_le_bytes(b))),
                     V_U64 => c.eight().map(|b| write_u64(out, u64::from_le_bytes(b))),
@@ -448,7 +443,7 @@ fn render_event(rec: &Record, out: &mut Vec<u8>, clock: &mut ClockCache) {
         }
     }
     out.extend_from_slice(b"},\"target\":");
-    json_str_utf8(out, meta.target().as_bytes());
+    out.extend_from_slice(&site.target);
     if let (Some((name, fields)), Some(at)) = (last_span, spans_at) {
         out.extend_from_slice(b",\"span\":");
         span_obj(out, name, fields);
@@ -481,6 +476,77 @@ fn span_obj(out: &mut Vec<u8>, name: &[u8], fields: &[u8]) {
     out.extend_from_slice(b"\"name\":");
     json_str(out, name);
     out.push(b'}');
+}
+
+/// The drainer's rendering state: the timestamp cache and the callsite cache.
+#[derive(Default)]
+pub(crate) struct Renderer {
+    clock: ClockCache,
+    sites: Sites,
+}
+
+/// The JSON pieces of one callsite that never change: each field's key (`"name":`) and the
+/// target (`"app::gpu"`), escaped once instead of for every line.
+struct Site {
+    meta: &'static Metadata<'static>,
+    /// The keys, back to back; `ends[i]` is where key `i` ends.
+    keys: Vec<u8>,
+    ends: Vec<usize>,
+    target: Vec<u8>,
+}
+
+impl Site {
+    fn new(meta: &'static Metadata<'static>) -> Self {
+        let mut keys = Vec::new();
+        let mut ends = Vec::new();
+        for f in meta.fields() {
+            json_str_utf8(&mut keys, f.name().as_bytes());
+            keys.push(b':');
+            ends.push(keys.len());
+        }
+        let mut target = Vec::new();
+        json_str_utf8(&mut target, meta.target().as_bytes());
+        Self {
+            meta,
+            keys,
+            ends,
+            target,
+        }
+    }
+
+    /// The key of field `idx` (`"?":` for an index the callsite does not have).
+    fn key(&self, idx: u8) -> &[u8] {
+        let i = idx as usize;
+        match self.ends.get(i) {
+            Some(&end) => &self.keys[if i == 0 { 0 } else { self.ends[i - 1] }..end],
+            None => b"\"?\":",
+        }
+    }
+}
+
+/// A direct-mapped cache of [`Site`]s keyed by the callsite's `&'static Metadata` address (a
+/// collision replaces the entry; it is rebuilt when that callsite comes back). Bounded: at most
+/// `SITES` entries.
+#[derive(Default)]
+struct Sites {
+    slots: Vec<Option<Box<Site>>>,
+}
+
+const SITES: usize = 256;
+
+impl Sites {
+    fn get(&mut self, meta: &'static Metadata<'static>) -> &Site {
+        if self.slots.is_empty() {
+            self.slots.resize_with(SITES, || None);
+        }
+        let addr = (meta as *const Metadata<'static>).addr();
+        let i = (addr / std::mem::align_of::<Metadata<'static>>()) % SITES;
+        let slot = &mut self.slots[i];
+        if slot.as_ref().is_some_and(|s| !std::ptr::eq(s.meta, meta)) {
+            *slot = None;
+        }
+        slot.get_or_insert_with(|| Box::new(Site::new(meta)))
+    }
 }
 
 /// Caches the formatted date-and-time of the current second, so rendering a timestamp is mostly
