@@ -52,7 +52,8 @@
 //! value, every later CAS fails, so the drainer knows when it has consumed everything accepted.
 //! Rendering goes through `fmt` only for `Debug` values (formatted on the caller) and for floats
 //! that are not short decimals: integers, short decimals, JSON escaping and the timestamp (its
-//! date-time prefix cached per second) are written by hand, byte for byte what `fmt` would write.
+//! date-time prefix cached per second) are written by hand, byte for byte what `fmt` would write,
+//! and each callsite's escaped field keys and target are cached (256 entries, direct-mapped).
 //! The drainer renders up to `batch` records into one buffer, writes it with one `write_all`,
 //! flushes the writer when the ring runs dry (or a flush is requested), and publishes the flushed
 //! position with a `Release` store that [`Logger::flush`] loads with `Acquire`. When idle it
