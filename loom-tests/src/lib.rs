@@ -26,8 +26,19 @@ pub fn run_model<F>(name: &str, f: F)
 where
     F: Fn() + Sync + Send + 'static,
 {
+    run_model_bounded(name, max_preemptions(), f);
+}
+
+/// [`run_model`] at an explicit preemption bound, for models too large for the default bound
+/// (three threads that each register with crossbeam-epoch, for example). The bound is lowered
+/// to `LOOM_MAX_PREEMPTIONS` when that is smaller, so a quick run stays quick.
+#[cfg(freelane_loom)]
+pub fn run_model_bounded<F>(name: &str, bound: usize, f: F)
+where
+    F: Fn() + Sync + Send + 'static,
+{
     let mut builder = loom::model::Builder::new();
-    builder.preemption_bound = Some(max_preemptions());
+    builder.preemption_bound = Some(bound.min(max_preemptions()));
     let start = std::time::Instant::now();
     eprintln!(
         "loom model `{name}`: exploring (preemption bound {:?})",

@@ -8,7 +8,7 @@ use freelane_queue::{BoundedQueue, Queue, RequestTable};
 use freelane_sync::atomic::{AtomicUsize, Ordering};
 use freelane_sync::sync::Arc;
 use freelane_sync::thread;
-use loom_tests::run_model;
+use loom_tests::{run_model, run_model_bounded};
 
 /// Counts drops so a model can check every value is dropped exactly once.
 struct Tracked(u32, Arc<AtomicUsize>);
@@ -26,8 +26,9 @@ fn drain(q: &Queue<u32>) -> Vec<u32> {
 
 // Every thread that touches a `Queue` registers with crossbeam-epoch's collector, and under loom
 // that registration is expensive: three threads that each do one empty `pop` did not finish in
-// 150 s at preemption bound 2. So each model below uses two threads (main + one spawned), and
-// where a model needs three roles, the main thread plays two of them.
+// 150 s at preemption bound 2. So most models below use two threads (main + one spawned), with
+// the main thread playing two roles where a model needs three; the two three-thread models run
+// at preemption bound 1 (about 40 s each).
 
 /// Two producers (a spawned thread and the main thread) push one value each; the main thread
 /// then pops. Its pop cannot report empty (its own push completed before it), every value comes
@@ -52,6 +53,57 @@ fn queue_two_producers_one_consumer_conserve_values() {
         got.sort_unstable();
         assert_eq!(got, [1, 2]);
         assert!(q.is_empty());
+    });
+}
+
+/// Three threads at preemption bound 1: two spawned producers push one value each while main
+/// pops twice (retrying empty pops a bounded number of times), then drains. Every value comes
+/// out exactly once and each producer's value is popped at most once.
+#[test]
+fn queue_two_spawned_producers_one_consumer_bound_1() {
+    run_model_bounded("queue::3threads_2p1c", 1, || {
+        let q = Arc::new(Queue::new());
+        let producers: Vec<_> = [1u32, 2]
+            .into_iter()
+            .map(|v| {
+                let q = Arc::clone(&q);
+                thread::spawn(move || q.push(v))
+            })
+            .collect();
+        let mut got: Vec<u32> = (0..2).filter_map(|_| q.pop()).collect();
+        for p in producers {
+            p.join().unwrap();
+        }
+        got.extend(drain(&q));
+        got.sort_unstable();
+        assert_eq!(got, [1, 2]);
+        assert!(q.is_empty());
+    });
+}
+
+/// Three threads at preemption bound 1: main pushes 1 then 2 while two spawned consumers pop
+/// once each. No value is lost or duplicated, and FIFO holds: a consumer that got 2 implies the
+/// other consumer got 1 (1 was pushed first, so it cannot still be queued when 2 is taken).
+#[test]
+fn queue_one_producer_two_spawned_consumers_bound_1() {
+    run_model_bounded("queue::3threads_1p2c", 1, || {
+        let q = Arc::new(Queue::new());
+        let consumers: Vec<_> = (0..2)
+            .map(|_| {
+                let q = Arc::clone(&q);
+                thread::spawn(move || q.pop())
+            })
+            .collect();
+        q.push(1u32);
+        q.push(2);
+        let got: Vec<Option<u32>> = consumers.into_iter().map(|c| c.join().unwrap()).collect();
+        if got.contains(&Some(2)) {
+            assert!(got.contains(&Some(1)), "FIFO violated: {got:?}");
+        }
+        let mut all: Vec<u32> = got.into_iter().flatten().collect();
+        all.extend(drain(&q));
+        all.sort_unstable();
+        assert_eq!(all, [1, 2]);
     });
 }
 
