@@ -202,7 +202,10 @@ fn queue_two_consumers_then_drop_drops_each_once() {
             panic!("a pop reported empty with three values queued: {mine:?} {theirs:?}");
         };
         assert_ne!(a, b, "two consumers got the same value");
-        assert!(a < 2 && b < 2, "FIFO: the first two values must go first ({a}, {b})");
+        assert!(
+            a < 2 && b < 2,
+            "FIFO: the first two values must go first ({a}, {b})"
+        );
         // Relaxed: after join.
         assert_eq!(drops.load(Ordering::Relaxed), 2);
         drop(q);
