@@ -584,19 +584,23 @@ impl LoadBoard {
         let cost = cost.min(MAX_COST);
         let delta = ONE_IN_FLIGHT + cost;
         let slot = self.slot(g);
+        // Count the allocation first, on this thread's own line, so that the shared load word's
+        // add and the guard's subtract are not separated by another RMW (on 2 threads that gap
+        // let the other router take the line in between). An overflow undoes it below.
+        // Relaxed: a statistics counter, exact by RMW atomicity (the row's other writers are the
+        // threads sharing this thread's stripe; a read sums the rows).
+        let alloc = &self.allocations[rng::stripe() * self.blocks.len() + g / WORDS_PER_BLOCK]
+            [g % WORDS_PER_BLOCK];
+        alloc.fetch_add(1, Ordering::Relaxed);
         // Relaxed: the packed counter publishes no data; the exact sum only needs the RMW's
         // atomicity (single modification order), which every ordering provides.
         let prev = slot.fetch_add(delta, Ordering::Relaxed);
         if prev >> COST_BITS >= MAX_IN_FLIGHT || (prev & COST_MASK) > MAX_COST - cost {
-            // Relaxed: undoes the add above exactly (modular arithmetic); same reasoning.
+            // Relaxed (both): undo the adds above exactly (modular arithmetic); same reasoning.
             slot.fetch_sub(delta, Ordering::Relaxed);
+            alloc.fetch_sub(1, Ordering::Relaxed);
             return Err(LoadError::Overflow { gpu });
         }
-        // Relaxed: a statistics counter, exact by RMW atomicity (the row's other writers are the
-        // threads sharing this thread's stripe; a read sums the rows).
-        let row = rng::stripe() * self.blocks.len();
-        self.allocations[row + g / WORDS_PER_BLOCK][g % WORDS_PER_BLOCK]
-            .fetch_add(1, Ordering::Relaxed);
         Ok(delta)
     }
 
