@@ -199,7 +199,7 @@ mod tests {
     }
 
     #[test]
-    fn interleaved_runs_candidates_in_rounds() {
+    fn interleaved_runs_candidates_in_rotating_rounds() {
         let order = std::cell::RefCell::new(Vec::new());
         let mut cands = vec![
             Candidate {
@@ -217,9 +217,16 @@ mod tests {
                 }),
             },
         ];
-        let out = interleaved(2, &mut cands);
+        let out = interleaved(3, &mut cands);
         drop(cands);
-        assert_eq!(order.into_inner(), vec!['a', 'b', 'a', 'b', 'a', 'b']);
+        // Warm-up a, b; then rounds starting at a, b, a (the start rotates each round).
+        assert_eq!(
+            order.into_inner(),
+            vec!['a', 'b', 'a', 'b', 'b', 'a', 'a', 'b']
+        );
+        // Rates stay attached to their candidate whatever the order.
+        assert_eq!(out[0].rates, vec![1.0; 3]);
+        assert_eq!(out[1].rates, vec![2.0; 3]);
         assert_eq!(out[0].median, 1.0);
         assert_eq!(out[1].median, 2.0);
     }
