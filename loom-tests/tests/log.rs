@@ -4,7 +4,7 @@
 
 use std::io;
 
-use freelane_log::{Builder, Overflow};
+use freelane_log::{Builder, Logger, Overflow};
 use freelane_sync::sync::Arc;
 // The test's own sink is outside the protocol under test; a std mutex keeps it out of the model.
 use freelane_sync::thread;
@@ -38,21 +38,12 @@ impl Out {
     }
 }
 
-/// Block mode: the producers push `per_producer` events each into a 2-slot ring, so producers
-/// find it full and sleep until the drainer frees slots (the event-count wait: register, re-check,
-/// wait on the condition variable; under loom without a timeout, so a lost wake-up is a deadlock
-/// loom reports). After the guard's shutdown every event is in the output exactly once.
-fn block_model(per_producer: [usize; 2]) {
-    let out = Out::default();
-    let (logger, guard) = Builder::new()
-        .capacity(2)
-        .overflow(Overflow::Block)
-        .build(out.clone())
-        .unwrap();
-    let handles: Vec<_> = ["a", "b"]
-        .into_iter()
-        .zip(per_producer)
-        .map(|(p, k)| {
+/// Runs one producer thread per `(prefix, count)`, each writing lines `{prefix}0`, `{prefix}1`,
+/// ... through `logger`, and joins them.
+fn produce(logger: &Logger, producers: &[(&'static str, usize)]) {
+    let handles: Vec<_> = producers
+        .iter()
+        .map(|&(p, k)| {
             let logger = logger.clone();
             thread::spawn(move || {
                 for i in 0..k {
@@ -64,6 +55,20 @@ fn block_model(per_producer: [usize; 2]) {
     for t in handles {
         t.join().unwrap();
     }
+}
+
+/// Block mode: the producers push `per_producer` events each into a 2-slot ring, so producers
+/// find it full and sleep until the drainer frees slots (the event-count wait: register, re-check,
+/// wait on the condition variable; under loom without a timeout, so a lost wake-up is a deadlock
+/// loom reports). After the guard's shutdown every event is in the output exactly once.
+fn block_model(per_producer: [usize; 2]) {
+    let out = Out::default();
+    let (logger, guard) = Builder::new()
+        .capacity(2)
+        .overflow(Overflow::Block)
+        .build(out.clone())
+        .unwrap();
+    produce(&logger, &[("a", per_producer[0]), ("b", per_producer[1])]);
     let stats = guard.shutdown(std::time::Duration::from_secs(1)).unwrap();
     let mut expected: Vec<String> = ["a", "b"]
         .into_iter()
@@ -103,20 +108,7 @@ fn drop_mode_counts_drops_exactly() {
             .never_drop(None)
             .build(out.clone())
             .unwrap();
-        let handles: Vec<_> = [("a", 2), ("b", 1)]
-            .into_iter()
-            .map(|(p, k)| {
-                let logger = logger.clone();
-                thread::spawn(move || {
-                    for i in 0..k {
-                        logger.write_raw(None, format!("{p}{i}\n").as_bytes());
-                    }
-                })
-            })
-            .collect();
-        for t in handles {
-            t.join().unwrap();
-        }
+        produce(&logger, &[("a", 2), ("b", 1)]);
         let stats = guard.shutdown(std::time::Duration::from_secs(1)).unwrap();
         let lines = out.sorted_lines();
         let mut dedup = lines.clone();
