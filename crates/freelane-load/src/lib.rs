@@ -82,13 +82,20 @@
 //! tie can win); weighted picks break ties by a random rotation. Under loom the generator is a `loom::thread_local!` with a fixed seed, so models
 //! stay deterministic.
 //!
-//! **Arc.** `acquire` takes `self: &Arc<Self>` with `std::sync::Arc` also under loom: loom's
-//! `Arc` cannot be a method receiver on stable Rust, and the board's reference count is not part
-//! of the protocol being model-checked (the counters are).
+//! **Guards and the board's lifetime.** A [`LoadGuard`] is `'static` but holds no `Arc` of the
+//! board (its reference count would be two contended RMWs per request): it points at its GPU's
+//! load word and failure counter. The board's destructor frees those two slices only when every
+//! GPU's in-flight count is zero (Acquire loads pairing with the guards' Release subtracts, so
+//! every guard has finished with them); a board dropped while guards are still out leaks them
+//! (a few cache lines) so that those guards can still release. `acquire` still takes
+//! `self: &Arc<Self>` (the API contract), with `std::sync::Arc` also under loom: loom's `Arc`
+//! cannot be a method receiver on stable Rust, and the reference count is not part of the
+//! protocol being model-checked (the counters are).
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
 use std::fmt;
+use std::ptr::NonNull;
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -292,13 +299,15 @@ const STRIPES: usize = if cfg!(freelane_loom) { 1 } else { 16 };
 ///
 /// See the [crate documentation](crate) for the guarantees and the layout.
 pub struct LoadBoard {
-    /// Packed load words (`in_flight << 40 | cost`), eight GPUs per padded block.
-    blocks: Box<[CachePadded<[AtomicU64; WORDS_PER_BLOCK]>]>,
+    /// Packed load words (`in_flight << 40 | cost`), eight GPUs per padded block. `LoadGuard`s
+    /// point into it; freed on drop only when no guard is live (see `Drop for LoadBoard`).
+    blocks: HeapSlice<CachePadded<[AtomicU64; WORDS_PER_BLOCK]>>,
     /// Allocation counters, `STRIPES` rows of `blocks.len()` padded blocks: row `s` counts GPU
     /// `g` at `allocations[s * blocks.len() + g / 8][g % 8]`.
     allocations: Box<[CachePadded<[AtomicU64; WORDS_PER_BLOCK]>]>,
-    /// Failure counters (rare: one padded counter per GPU).
-    failures: Box<[CachePadded<AtomicU64>]>,
+    /// Failure counters (rare: one padded counter per GPU). `LoadGuard::fail` points into it;
+    /// freed together with `blocks`.
+    failures: HeapSlice<CachePadded<AtomicU64>>,
     /// Capacity weights, or `None` when every GPU has weight 1 (the fast path).
     weights: Option<Box<[u32]>>,
     /// The round-robin cursor.
@@ -342,15 +351,19 @@ impl LoadBoard {
             return Err(LoadError::TooManyGpus { gpus });
         }
         let nblocks = gpus.div_ceil(WORDS_PER_BLOCK);
-        let blocks = (0..nblocks)
-            .map(|_| CachePadded::new(std::array::from_fn(|_| AtomicU64::new(0))))
-            .collect();
+        let blocks = HeapSlice::new(
+            (0..nblocks)
+                .map(|_| CachePadded::new(std::array::from_fn(|_| AtomicU64::new(0))))
+                .collect(),
+        );
         let allocations = (0..nblocks * STRIPES)
             .map(|_| CachePadded::new(std::array::from_fn(|_| AtomicU64::new(0))))
             .collect();
-        let failures = (0..gpus)
-            .map(|_| CachePadded::new(AtomicU64::new(0)))
-            .collect();
+        let failures = HeapSlice::new(
+            (0..gpus)
+                .map(|_| CachePadded::new(AtomicU64::new(0)))
+                .collect(),
+        );
         Ok(Self {
             blocks,
             allocations,
@@ -507,7 +520,8 @@ impl LoadBoard {
     pub fn try_acquire(self: &Arc<Self>, gpu: GpuId, cost: u64) -> Result<LoadGuard, LoadError> {
         let delta = self.add(gpu, cost)?;
         Ok(LoadGuard {
-            board: Arc::clone(self),
+            word: NonNull::from(self.slot(gpu.index())),
+            failures: NonNull::from(&*self.failures[gpu.index()]),
             gpu,
             delta,
         })
@@ -609,7 +623,7 @@ impl LoadBoard {
     fn remove(&self, gpu: GpuId, delta: u64) {
         // Relaxed: removes exactly the delta the matching fetch_add added; the exact sum needs
         // only RMW atomicity. Nothing is published through the counter.
-        self.slot(gpu.index()).fetch_sub(delta, Ordering::Relaxed);
+        release(self.slot(gpu.index()), delta);
     }
 
     /// `true` when `a` is strictly less loaded than `b`, after weighting.
@@ -768,10 +782,20 @@ fn reduce(x: u32, n: usize) -> usize {
 /// as the GPU works on it.
 #[must_use = "dropping a LoadGuard immediately releases the load it reserved"]
 pub struct LoadGuard {
-    board: Arc<LoadBoard>,
+    /// The GPU's packed load word, inside the board's `blocks`.
+    word: NonNull<AtomicU64>,
+    /// The GPU's failure counter, inside the board's `failures`.
+    failures: NonNull<AtomicU64>,
     gpu: GpuId,
     delta: u64,
 }
+
+// SAFETY: the pointers refer to atomics, which any thread may use through a shared reference,
+// and they stay valid while the guard lives (a board frees them only when no guard is live; see
+// `Drop for LoadBoard`).
+unsafe impl Send for LoadGuard {}
+// SAFETY: as above; `&LoadGuard` only reads plain fields.
+unsafe impl Sync for LoadGuard {}
 
 impl LoadGuard {
     /// The GPU this guard holds load on.
@@ -786,16 +810,15 @@ impl LoadGuard {
         self.delta & COST_MASK
     }
 
-    /// The board this guard belongs to.
-    pub fn board(&self) -> &Arc<LoadBoard> {
-        &self.board
-    }
-
     /// Records a failure of this request on its GPU (see [`LoadBoard::record_failure`]) and
     /// releases the load.
     pub fn fail(self) {
-        // Cannot fail: the guard's GPU is on its board.
-        let _ = self.board.record_failure(self.gpu);
+        // SAFETY: the guard is live (it releases its load only in `drop`, after this), so its
+        // board has not freed the counters (see `Drop for LoadBoard`).
+        let failures = unsafe { self.failures.as_ref() };
+        // Relaxed: a statistics counter, exact by RMW atomicity; the Release subtract in `drop`
+        // below orders it before the board may free the counter.
+        failures.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -811,7 +834,111 @@ impl fmt::Debug for LoadGuard {
 impl Drop for LoadGuard {
     #[inline]
     fn drop(&mut self) {
-        self.board.remove(self.gpu, self.delta);
+        // SAFETY: the guard still counts as in flight on its GPU until the subtract below
+        // completes, so the board has not freed the word (see `Drop for LoadBoard`); after it
+        // the guard touches nothing of the board.
+        release(unsafe { self.word.as_ref() }, self.delta);
+    }
+}
+
+/// Removes a delta added by `LoadBoard::add` from `word`.
+#[inline]
+fn release(word: &AtomicU64, delta: u64) {
+    // Release: pairs with the Acquire loads in `Drop for LoadBoard`, so this guard's last
+    // access to the board's memory happens-before the board frees it. The exact sum itself
+    // needs only RMW atomicity. (A plain `lock xadd` on x86 either way.)
+    word.fetch_sub(delta, Ordering::Release);
+}
+
+/// A boxed slice whose memory a `LoadBoard` frees explicitly (or deliberately leaks), because
+/// `LoadGuard`s hold raw pointers into it instead of an `Arc` of the board.
+struct HeapSlice<T> {
+    /// From `Box::into_raw`; used for every access and for the final `Box::from_raw`.
+    raw: NonNull<[T]>,
+}
+
+// SAFETY: a `HeapSlice<T>` owns its elements like a `Box<[T]>` does.
+unsafe impl<T: Send> Send for HeapSlice<T> {}
+// SAFETY: as above; shared access only hands out `&T`.
+unsafe impl<T: Sync> Sync for HeapSlice<T> {}
+
+impl<T> HeapSlice<T> {
+    fn new(b: Box<[T]>) -> Self {
+        Self {
+            raw: NonNull::from(Box::leak(b)),
+        }
+    }
+
+    /// Frees the slice.
+    ///
+    /// # Safety
+    /// Called at most once, and no reference or pointer into the slice is used afterwards.
+    unsafe fn free(&mut self) {
+        // SAFETY: `raw` came from `Box::into_raw` (via `leak`) and, by the caller's contract, is
+        // freed once and never used again.
+        drop(unsafe { Box::from_raw(self.raw.as_ptr()) });
+    }
+}
+
+impl<T> std::ops::Deref for HeapSlice<T> {
+    type Target = [T];
+    #[inline]
+    fn deref(&self) -> &[T] {
+        // SAFETY: the slice is only freed by `LoadBoard::drop`, after which the `HeapSlice` is
+        // gone, so while `self` can be borrowed the memory is live.
+        unsafe { self.raw.as_ref() }
+    }
+}
+
+/// Under miri, slices leaked on purpose (a board dropped with guards out) are kept reachable
+/// from a static, so that miri's leak check (which the CI runs strictly) reports only accidental
+/// leaks, while the guards' later accesses to that memory are still checked.
+#[cfg(miri)]
+mod miri_graveyard {
+    use std::ptr::NonNull;
+    use std::sync::Mutex;
+
+    struct Kept(
+        #[allow(dead_code)] NonNull<u8>,
+        #[allow(dead_code)] NonNull<u8>,
+    );
+    // SAFETY: never dereferenced through this list; it only keeps the pointers reachable.
+    unsafe impl Send for Kept {}
+
+    static KEPT: Mutex<Vec<Kept>> = Mutex::new(Vec::new());
+
+    pub(super) fn keep(a: NonNull<u8>, b: NonNull<u8>) {
+        KEPT.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Kept(a, b));
+    }
+}
+
+impl Drop for LoadBoard {
+    fn drop(&mut self) {
+        // A `LoadGuard` does not keep its board alive: it points into `blocks` and `failures`.
+        // Free them only if no guard is live, i.e. every GPU's in-flight count is zero; a board
+        // dropped while guards are still out (say, requests outliving the router) leaks these
+        // two small slices instead, so those guards can still release. Every guard adds one
+        // in-flight unit before the caller's `Arc` of the board is dropped (so before this
+        // destructor, through `Arc`'s drop fences) and subtracts it with a Release RMW in its
+        // own drop; reading zero therefore means every guard has finished with the memory.
+        let live = (0..self.gpus).any(|g| {
+            // Acquire: pairs with the Release subtract in `release`, so each guard's last access
+            // happens-before the free below.
+            self.slot(g).load(Ordering::Acquire) >> COST_BITS != 0
+        });
+        if !live {
+            // SAFETY: no guard is live (see above) and `&mut self` excludes every borrow of the
+            // board, so nothing uses the slices afterwards; each is freed exactly once here.
+            unsafe {
+                self.blocks.free();
+                self.failures.free();
+            }
+        } else {
+            #[cfg(miri)]
+            miri_graveyard::keep(self.blocks.raw.cast(), self.failures.raw.cast());
+        }
     }
 }
 
@@ -1054,6 +1181,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "thousands of picks, statistical; no unsafe code involved"
+    )]
     fn two_choices_picks_an_eligible_gpu_and_the_lesser_of_two() {
         let b = Arc::new(LoadBoard::new(2));
         let _h = b.acquire(GpuId(0), 100);
@@ -1121,6 +1252,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "thousands of picks, statistical; no unsafe code involved"
+    )]
     fn least_loaded_breaks_ties_across_every_gpu() {
         // Idle boards of sizes around block and power-of-two edges, weighted and not: every
         // GPU wins a tie sometimes, and ineligible ones never do.
@@ -1151,6 +1286,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "thousands of picks, statistical; no unsafe code involved"
+    )]
     fn least_loaded_spreads_a_full_tie_uniformly() {
         // Sizes that are not powers of two are where a naive XOR tie-break would favour the
         // top indices (e.g. GPU 8 of 9 winning half of the ties).
@@ -1172,6 +1311,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "thousands of picks, statistical; no unsafe code involved"
+    )]
     fn least_loaded_prefers_lower_load_over_any_tie_break() {
         let b = Arc::new(LoadBoard::new(9));
         let held: Vec<_> = (0..9u32)
@@ -1237,6 +1380,60 @@ mod tests {
         assert!(e
             .to_string()
             .starts_with("unknown gpu selection policy `fastest`"));
+    }
+
+    #[test]
+    fn guards_release_and_fail_after_the_board_is_dropped_elsewhere() {
+        // Guards do not keep the board alive; one dropped while guards are out leaks its
+        // counters so that those guards can still release (and record failures) safely.
+        let b = Arc::new(LoadBoard::new(2));
+        let a = b.acquire(GpuId(0), 7);
+        let c = b.acquire(GpuId(1), 1);
+        drop(b);
+        assert_eq!((a.gpu(), a.cost()), (GpuId(0), 7));
+        drop(a);
+        c.fail();
+    }
+
+    #[test]
+    fn a_board_whose_guards_are_released_frees_its_counters_and_fail_counts() {
+        let b = Arc::new(LoadBoard::new(3));
+        let g = b.acquire(GpuId(2), 4);
+        let h = b.acquire(GpuId(2), 1);
+        g.fail();
+        drop(h);
+        let s = b.stats(GpuId(2)).unwrap();
+        assert_eq!((s.allocations, s.releases, s.failures), (2, 2, 1));
+        assert_eq!(b.load(GpuId(2)), 0);
+        // Dropped with no guard out: the free path (miri checks it frees exactly once).
+        drop(b);
+    }
+
+    #[test]
+    fn guards_released_on_other_threads_while_the_board_goes_away() {
+        let (tx, rx) = std::sync::mpsc::channel::<LoadGuard>();
+        let releaser = std::thread::spawn(move || rx.into_iter().count());
+        let n = if cfg!(miri) { 20 } else { 2000 };
+        let workers: Vec<_> = (0..2)
+            .map(|_| {
+                let b = Arc::new(LoadBoard::new(4));
+                let tx = tx.clone();
+                std::thread::spawn(move || {
+                    for i in 0..n {
+                        let g = b.pick_and_acquire(Policy::LeastLoaded, i % 5, |_| true);
+                        tx.send(g.unwrap()).unwrap();
+                    }
+                    // The board's last `Arc` goes here, racing the releaser; whichever way the
+                    // race goes (free or leak), no guard touches freed memory.
+                    drop(b);
+                })
+            })
+            .collect();
+        drop(tx);
+        for w in workers {
+            w.join().unwrap();
+        }
+        assert_eq!(releaser.join().unwrap(), 2 * n as usize);
     }
 
     #[test]
