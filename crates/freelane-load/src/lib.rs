@@ -1003,8 +1003,8 @@ mod rng {
         static STATE: Cell<u64> = Cell::new(0x9E37_79B9_7F4A_7C15);
     }
 
-    /// Hands out stripes to threads round-robin. A plain std atomic also under loom: under loom
-    /// there is one stripe and this is never read.
+    /// Hands out stripes to threads round-robin. Not compiled under loom, where there is one
+    /// stripe (`stripe()` returns 0).
     #[cfg(not(freelane_loom))]
     static NEXT_STRIPE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
