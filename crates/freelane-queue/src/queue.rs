@@ -49,9 +49,20 @@ struct Slot<T> {
     value: UnsafeCell<MaybeUninit<T>>,
 }
 
-struct Segment<T> {
+/// The consumers' cache line of a segment.
+struct DeqSide {
     /// Next index a consumer claims (may run past `SEGMENT`).
-    deq: CachePadded<AtomicUsize>,
+    deq: AtomicUsize,
+    /// A lower bound on `enq` that a consumer read earlier (`enq` only grows). While `deq` is
+    /// below it the queue cannot be empty, so `pop` skips reading `enq`, whose line the
+    /// producers keep writing: without this every pop took a cache miss on it and made the next
+    /// producer's fetch-and-add miss as well.
+    enq_seen: AtomicUsize,
+}
+
+struct Segment<T> {
+    /// Consumer index and its empty-check cache.
+    deq: CachePadded<DeqSide>,
     /// Next index a producer claims (may run past `SEGMENT`).
     enq: CachePadded<AtomicUsize>,
     next: CachePadded<Atomic<Segment<T>>>,
@@ -93,7 +104,10 @@ impl<T> Segment<T> {
         // Relaxed: a statistic; nothing is published through it.
         LIVE_SEGMENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Self {
-            deq: CachePadded::new(AtomicUsize::new(0)),
+            deq: CachePadded::new(DeqSide {
+                deq: AtomicUsize::new(0),
+                enq_seen: AtomicUsize::new(enq),
+            }),
             enq: CachePadded::new(AtomicUsize::new(enq)),
             next: CachePadded::new(Atomic::null()),
             slots,
@@ -263,14 +277,21 @@ impl<T> Queue<T> {
             let seg = unsafe { head.deref() };
             // Empty pre-check, so that pops on an empty queue do not burn slots.
             // SeqCst loads: in the same total order as the index FAAs (see `push`).
-            let deq = seg.deq.load(Ordering::SeqCst);
-            if deq >= seg.enq.load(Ordering::SeqCst)
-                && seg.next.load(Ordering::SeqCst, guard).is_null()
-            {
-                return None;
+            let deq = seg.deq.deq.load(Ordering::SeqCst);
+            // Relaxed: `enq_seen` only lets us skip the check below (it never makes us report
+            // empty); any value stored there was read from `enq`, which only grows.
+            if deq >= seg.deq.enq_seen.load(Ordering::Relaxed) {
+                // SeqCst: as above.
+                let enq = seg.enq.load(Ordering::SeqCst);
+                if deq >= enq && seg.next.load(Ordering::SeqCst, guard).is_null() {
+                    return None;
+                }
+                // Relaxed: a hint for later pops (see `DeqSide`); a racing store of an older
+                // value only makes some pop read `enq` again.
+                seg.deq.enq_seen.store(enq, Ordering::Relaxed);
             }
             // SeqCst: see `push`.
-            let idx = seg.deq.fetch_add(1, Ordering::SeqCst);
+            let idx = seg.deq.deq.fetch_add(1, Ordering::SeqCst);
             if idx < Segment::<T>::LEN {
                 let slot = &seg.slots[idx];
                 // Fast path: already written. Index `idx` is ours alone (our FAA claimed it) and
@@ -363,7 +384,7 @@ impl<T> Queue<T> {
         // SAFETY: segments reachable from head are not retired while we are pinned.
         while let Some(seg) = unsafe { cur.as_ref() } {
             // SeqCst: as in `pop`'s empty check.
-            let deq = seg.deq.load(Ordering::SeqCst).min(Segment::<T>::LEN);
+            let deq = seg.deq.deq.load(Ordering::SeqCst).min(Segment::<T>::LEN);
             let enq = seg.enq.load(Ordering::SeqCst).min(Segment::<T>::LEN);
             n += enq.saturating_sub(deq);
             // Acquire: pairs with the Release CAS that linked `next`.
@@ -393,7 +414,7 @@ impl<T> Drop for Queue<T> {
             // slots at or past `deq` can hold live values (checking the index as well as the
             // state keeps this independent of how a consumer marks a taken slot).
             // Relaxed: exclusive access; the thread handing us `&mut self` synchronized.
-            let deq = seg.deq.load(Ordering::Relaxed).min(seg.slots.len());
+            let deq = seg.deq.deq.load(Ordering::Relaxed).min(seg.slots.len());
             for slot in &seg.slots[deq..] {
                 // Relaxed: exclusive access, as above.
                 if slot.state.load(Ordering::Relaxed) == WRITTEN {
@@ -437,7 +458,7 @@ mod tests {
         // SAFETY: pinned; head is never null.
         let seg = unsafe { head.deref() };
         assert_eq!(
-            seg.deq.load(Ordering::SeqCst),
+            seg.deq.deq.load(Ordering::SeqCst),
             0,
             "empty pops claimed indices"
         );
@@ -446,5 +467,25 @@ mod tests {
         assert_eq!(seg.enq.load(Ordering::SeqCst), 1);
         assert_eq!(q.len(), 1);
         assert_eq!(q.pop(), Some(7));
+        // Empty again after a pop that refreshed `enq_seen`: the cached bound must not let
+        // empty pops claim indices either.
+        for _ in 0..100 {
+            assert_eq!(q.pop(), None);
+        }
+        assert_eq!(
+            seg.deq.deq.load(Ordering::SeqCst),
+            1,
+            "empty pops claimed indices"
+        );
+        for v in 0..10 {
+            q.push(v);
+        }
+        assert_eq!(q.pop(), Some(0));
+        for v in 1..10 {
+            assert_eq!(q.pop(), Some(v));
+            assert_eq!(seg.deq.deq.load(Ordering::SeqCst), v as usize + 2);
+        }
+        assert_eq!(q.pop(), None);
+        assert_eq!(seg.deq.deq.load(Ordering::SeqCst), 11);
     }
 }
