@@ -53,7 +53,12 @@
 //! *padded* counters slower for pick-heavy loads (a scan touches one line per GPU, each being
 //! invalidated by other routers' RMWs); on our shared 2-vCPU machine `benches/benches/load.rs`
 //! measured padded and unpadded bare scans within noise of each other, so the packed layout
-//! is kept for its single-line scan and single-RMW acquire. The allocation counter, which picks
+//! is kept for its single-line scan and single-RMW acquire. A third layout, exact counters
+//! padded per GPU plus a packed snapshot line that picks scan (each acquire and release stores
+//! the counter's new value into it), was the fastest single-threaded (it has the bare scan's
+//! cost) and the slowest at 2–8 threads (0.45–0.80x the packed bare scan: every operation now
+//! writes two lines, and the snapshot line is written twice), so it was not adopted. The
+//! allocation counter, which picks
 //! never read, is striped: each thread counts into its own row of padded blocks (the first 16
 //! threads get distinct rows, later ones share), so routers on different threads never bounce
 //! a statistics line between them; a stats read sums the rows. Failures (rare) keep one padded
