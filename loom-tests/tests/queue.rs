@@ -309,3 +309,79 @@ fn request_table_remove_waits_for_reader() {
         assert!(table.is_empty());
     });
 }
+
+/// Store-buffering shape over two bounded queues: each thread pushes into its own queue, then
+/// pops the other's. Each push is linearized before its own thread's pop, so if both pops were
+/// linearized before the other thread's push the order would be cyclic: at least one pop must
+/// see a value. This is what the `SeqCst` fences between a stale stamp and the other index buy
+/// (a weaker empty check lets both threads read the other queue's index stale).
+#[test]
+fn bounded_queue_empty_checks_are_linearizable() {
+    run_model("bounded::empty_is_linearizable", || {
+        let a = Arc::new(BoundedQueue::with_capacity(1));
+        let b = Arc::new(BoundedQueue::with_capacity(1));
+        let other = {
+            let (a, b) = (Arc::clone(&a), Arc::clone(&b));
+            thread::spawn(move || {
+                a.try_push(1u32).unwrap();
+                b.pop()
+            })
+        };
+        b.try_push(2u32).unwrap();
+        let mine = a.pop();
+        let theirs = other.join().unwrap();
+        assert!(
+            mine.is_some() || theirs.is_some(),
+            "both pops reported empty after both pushes were linearized before them"
+        );
+    });
+}
+
+/// The same shape for "full". Both capacity-1 queues start full; thread 1 pops `a` and then
+/// pushes into `b`, thread 2 pops `b` and then pushes into `a`. A refused push is linearized
+/// while its queue is full, i.e. before the other thread's pop of that queue, which follows that
+/// thread's own (refused) push: if both were refused the order would be cyclic.
+#[test]
+fn bounded_queue_full_checks_are_linearizable() {
+    run_model("bounded::full_is_linearizable", || {
+        let a = Arc::new(BoundedQueue::with_capacity(1));
+        let b = Arc::new(BoundedQueue::with_capacity(1));
+        a.try_push(10u32).unwrap();
+        b.try_push(20u32).unwrap();
+        let other = {
+            let (a, b) = (Arc::clone(&a), Arc::clone(&b));
+            thread::spawn(move || {
+                assert_eq!(a.pop(), Some(10));
+                b.try_push(21).is_ok()
+            })
+        };
+        assert_eq!(b.pop(), Some(20));
+        let mine = a.try_push(11).is_ok();
+        let theirs = other.join().unwrap();
+        assert!(mine || theirs, "both pushes were refused as full");
+    });
+}
+
+/// The store-buffering shape for the unbounded `Queue`'s empty pre-check: each thread pushes
+/// into its own queue, then pops the other's; at least one pop must see a value.
+#[test]
+fn queue_empty_check_is_linearizable() {
+    run_model("queue::empty_is_linearizable", || {
+        let a = Arc::new(Queue::new());
+        let b = Arc::new(Queue::new());
+        let other = {
+            let (a, b) = (Arc::clone(&a), Arc::clone(&b));
+            thread::spawn(move || {
+                a.push(1u32);
+                b.pop()
+            })
+        };
+        b.push(2u32);
+        let mine = a.pop();
+        let theirs = other.join().unwrap();
+        assert!(
+            mine.is_some() || theirs.is_some(),
+            "both pops reported empty after both pushes were linearized before them"
+        );
+    });
+}

@@ -3,7 +3,7 @@
 use core::fmt;
 use core::mem::MaybeUninit;
 
-use freelane_sync::atomic::{AtomicUsize, Ordering};
+use freelane_sync::atomic::{fence, AtomicUsize, Ordering};
 use freelane_sync::cell::UnsafeCell;
 use freelane_sync::{Backoff, CachePadded};
 
@@ -112,23 +112,21 @@ impl<T> BoundedQueue<T> {
     /// Appends `value`, or gives it back in [`Full`] when the queue holds `capacity` items.
     pub fn try_push(&self, value: T) -> Result<(), Full<T>> {
         let mut backoff = Backoff::new();
-        // SeqCst: every `tail` this loop holds was read by a SeqCst load or a SeqCst failed CAS,
-        // so it is in the total order of both ends' CASes; the full check below relies on that.
-        let mut tail = self.tail.load(Ordering::SeqCst);
+        // Relaxed: a starting guess; the CAS below validates it.
+        let mut tail = self.tail.load(Ordering::Relaxed);
         loop {
             let cell = &self.buffer[tail & (self.one_lap - 1)];
             // Acquire: pairs with the consumer's Release store that freed this cell, so its read
             // of the previous value happens-before our write.
             let stamp = cell.stamp.load(Ordering::Acquire);
             if stamp == tail {
-                // SeqCst (success): in the total order S with both ends' loads, which the full
-                // and empty checks use. SeqCst (failure): the value we retry with is then a
-                // SeqCst read of tail (see the top of the loop); a plain load on x86 either way.
+                // SeqCst (success): in the total order with `pop`'s SeqCst fence + tail load used
+                // for the empty check. Relaxed (failure): we retry with the fresh value.
                 match self.tail.compare_exchange_weak(
                     tail,
                     self.advance(tail),
                     Ordering::SeqCst,
-                    Ordering::SeqCst,
+                    Ordering::Relaxed,
                 ) {
                     Ok(_) => {
                         // SAFETY: position `tail` is ours (CAS), and the cell's stamp says the
@@ -145,23 +143,22 @@ impl<T> BoundedQueue<T> {
                 }
             } else if stamp.wrapping_add(self.one_lap) == tail + 1 {
                 // The cell still holds the value from one lap ago: full, unless head moved.
-                // SeqCst: after our read of `tail` in the total order S. Every tail CAS to
-                // position p + 1 happens after the head CAS past p - capacity (through that
-                // cell's stamp), so tail <= head + capacity at every point of S; reading
-                // head + capacity == tail therefore means the queue held `capacity` items when
-                // we read head. No fence needed: both reads are SeqCst.
-                let head = self.head.load(Ordering::SeqCst);
+                // SeqCst fence: orders our stamp load before the head load, against `pop`'s
+                // SeqCst CAS on head.
+                fence(Ordering::SeqCst);
+                // Relaxed: ordered by the fence above.
+                let head = self.head.load(Ordering::Relaxed);
                 if head.wrapping_add(self.one_lap) == tail {
                     return Err(Full(value));
                 }
                 backoff.spin();
-                // SeqCst: see the top of the loop.
-                tail = self.tail.load(Ordering::SeqCst);
+                // Relaxed: a new guess, validated by the CAS.
+                tail = self.tail.load(Ordering::Relaxed);
             } else {
                 // Another producer claimed `tail` and is writing it, or we are behind: wait.
                 backoff.snooze();
-                // SeqCst: see the top of the loop.
-                tail = self.tail.load(Ordering::SeqCst);
+                // Relaxed: a new guess, validated by the CAS.
+                tail = self.tail.load(Ordering::Relaxed);
             }
         }
     }
@@ -169,20 +166,20 @@ impl<T> BoundedQueue<T> {
     /// Removes the value at the head, or `None` when empty.
     pub fn pop(&self) -> Option<T> {
         let mut backoff = Backoff::new();
-        // SeqCst: as `tail` in `try_push`, for the empty check below.
-        let mut head = self.head.load(Ordering::SeqCst);
+        // Relaxed: a starting guess; the CAS below validates it.
+        let mut head = self.head.load(Ordering::Relaxed);
         loop {
             let cell = &self.buffer[head & (self.one_lap - 1)];
             // Acquire: pairs with the producer's Release stamp store, so its value write
             // happens-before our read.
             let stamp = cell.stamp.load(Ordering::Acquire);
             if stamp == head + 1 {
-                // SeqCst (success and failure): see `try_push`.
+                // SeqCst (success): see `try_push`. Relaxed (failure): we retry.
                 match self.head.compare_exchange_weak(
                     head,
                     self.advance(head),
                     Ordering::SeqCst,
-                    Ordering::SeqCst,
+                    Ordering::Relaxed,
                 ) {
                     Ok(_) => {
                         // SAFETY: position `head` is ours (CAS) and the stamp says it was
@@ -201,21 +198,22 @@ impl<T> BoundedQueue<T> {
                 }
             } else if stamp == head {
                 // The cell awaits the producer of this lap: empty, unless tail moved.
-                // SeqCst: after our read of `head` in S; head <= tail at every point of S (a
-                // head CAS past p needs p's stamp, published after the tail CAS past p), so
-                // tail == head means the queue was empty when we read tail.
-                let tail = self.tail.load(Ordering::SeqCst);
+                // SeqCst fence: orders our stamp load before the tail load, against
+                // `try_push`'s SeqCst CAS on tail.
+                fence(Ordering::SeqCst);
+                // Relaxed: ordered by the fence above.
+                let tail = self.tail.load(Ordering::Relaxed);
                 if tail == head {
                     return None;
                 }
                 backoff.spin();
-                // SeqCst: see the top of the loop.
-                head = self.head.load(Ordering::SeqCst);
+                // Relaxed: a new guess, validated by the CAS.
+                head = self.head.load(Ordering::Relaxed);
             } else {
                 // Another consumer claimed `head`, or we are behind: wait.
                 backoff.snooze();
-                // SeqCst: see the top of the loop.
-                head = self.head.load(Ordering::SeqCst);
+                // Relaxed: a new guess, validated by the CAS.
+                head = self.head.load(Ordering::Relaxed);
             }
         }
     }

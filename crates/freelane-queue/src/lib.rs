@@ -95,14 +95,9 @@
 //! cell carries a stamp (lap and index); a producer claims position `tail` with a CAS when the
 //! cell's stamp equals `tail`, writes, and stores stamp `tail + 1` (Release); a consumer claims
 //! `head` when the stamp is `head + 1`, reads, and stores `head + one_lap` (Release), handing the
-//! cell to the next lap's producer. Full/empty are decided, when the stamp suggests them, by a
-//! `SeqCst` load of the other index: the index a thread holds was itself read by a `SeqCst` load
-//! (or failed `SeqCst` CAS), both ends move only by `SeqCst` CASes, and
-//! `head <= tail <= head + capacity` holds at every point of that total order (a cell's stamp
-//! carries the happens-before from one end's CAS to the other's), so `head + capacity == tail`
-//! (or `head == tail`) means the queue was full (empty) when the second index was read. Unlike
-//! `ArrayQueue`, which fences between the stamp and the index, no fence is needed: a polling
-//! producer of a full queue or consumer of an empty one issues no locked instruction.
+//! cell to the next lap's producer. Full/empty are decided after a `SeqCst` fence by comparing
+//! the other index, so a stale stamp is never mistaken for full or empty (loom models check both
+//! decisions are linearizable and fail with either fence removed).
 //!
 //! **`RequestTable`**: one atomic 64-bit state word per slot, `generation << 32 | readers << 3 |
 //! REMOVING | CANCELLED | OCCUPIED`, plus an `UnsafeCell<MaybeUninit<V>>`. Every operation CASes
