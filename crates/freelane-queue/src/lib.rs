@@ -67,15 +67,17 @@
 //! - *Pop.* Pin; load `head`; if `deq >= enq` and `next` is null the queue is empty: return `None`
 //!   without consuming an index (the *empty pre-check*, so idle consumers do not burn slots).
 //!   The consumers' line also caches `enq_seen`, the last `enq` a consumer read (`enq` only
-//!   grows): while `deq < enq_seen` the queue cannot be empty and the pre-check skips `enq`,
-//!   whose cache line the producers keep writing (one fewer cross-core miss per pop, and one
-//!   fewer for the next producer's fetch-and-add).
+//!   grows): while `deq < enq_seen` the check would not report empty either, so it skips
+//!   loading `enq`, whose cache line the producers keep writing (one fewer cross-core miss per
+//!   pop, and one fewer for the next producer's fetch-and-add).
 //!   Otherwise `deq.fetch_add(1)` claims index `i`. If slot `i` already reads `WRITTEN`
 //!   (Acquire load) the value is taken without another RMW (index `i` is this consumer's alone
 //!   and its producer is done with the slot) and the slot is marked `TAKEN` with a plain store.
 //!   Otherwise, after a short wait for the producer, `swap(TAKEN)` (Acquire) takes the value if
-//!   it was `WRITTEN` meanwhile; if it was `EMPTY` the slot is poisoned and the pop retries. If `i >= 1024`, move `head` to `next` (after moving `tail` off this segment if it
-//!   lags there) and retire the old segment with `defer_destroy`.
+//!   it was `WRITTEN` meanwhile; if it was `EMPTY` the slot is poisoned and the pop retries.
+//!   If `i >= 1024`, move `head` to `next` (after moving `tail` off this segment if it lags
+//!   there) and retire the old segment with `defer_destroy`, or return `None` if there is no
+//!   `next` (a `SeqCst` load, in the same total order as the `SeqCst` CAS that links it).
 //! - *Why not SegQueue's design.* crossbeam's `SegQueue` claims a slot by a CAS loop on the
 //!   tail/head index (32-slot blocks), so under contention threads fail and retry the CAS and the
 //!   index line bounces once per *attempt*. Here a slot is claimed by one fetch-and-add, which

@@ -53,10 +53,10 @@ struct Slot<T> {
 struct DeqSide {
     /// Next index a consumer claims (may run past `SEGMENT`).
     deq: AtomicUsize,
-    /// A lower bound on `enq` that a consumer read earlier (`enq` only grows). While `deq` is
-    /// below it the queue cannot be empty, so `pop` skips reading `enq`, whose line the
-    /// producers keep writing: without this every pop took a cache miss on it and made the next
-    /// producer's fetch-and-add miss as well.
+    /// A value of `enq` that a consumer read earlier (`enq` only grows). While `deq` is below
+    /// it, the empty check (`deq >= enq`) would not report empty either, so `pop` skips reading
+    /// `enq`, whose line the producers keep writing: without this every pop took a cache miss
+    /// on it and made the next producer's fetch-and-add miss as well.
     enq_seen: AtomicUsize,
 }
 
@@ -136,8 +136,9 @@ impl<T> Drop for Segment<T> {
 /// Unbounded multi-producer multi-consumer FIFO queue.
 ///
 /// Lock-free; one fetch-and-add plus one CAS (push) or a load and a plain store (pop) per
-/// operation in the common case; values live inline in 1024-slot segments (no allocation per item); unlinked segments are
-/// reclaimed with crossbeam-epoch. See the [crate docs](crate) for the guarantees and protocol.
+/// operation in the common case; values live inline in 1024-slot segments (no allocation per
+/// item); unlinked segments are reclaimed with crossbeam-epoch. See the [crate docs](crate) for
+/// the guarantees and protocol.
 ///
 /// ```
 /// let q = freelane_queue::Queue::new();
@@ -217,13 +218,15 @@ impl<T> Queue<T> {
             let next = seg.next.load(Ordering::Acquire, guard);
             if next.is_null() {
                 let new = Owned::new(Segment::new(Some(value)));
-                // Release (success): publishes the new segment (and our value in slot 0) to the
-                // Acquire loads of `next` and `tail`. Acquire (failure): makes the competitor's
-                // segment initialised before we help move tail onto it.
+                // SeqCst (success): Release publishes the new segment (and our value in slot 0)
+                // to the Acquire loads of `next` and `tail`; SeqCst also puts this push's
+                // linearization point in the total order with `pop`'s SeqCst loads of `next`
+                // that decide "empty" (free on x86: a locked CAS either way). Acquire (failure):
+                // makes the competitor's segment initialised before we help move tail onto it.
                 match seg.next.compare_exchange(
                     Shared::null(),
                     new,
-                    Ordering::Release,
+                    Ordering::SeqCst,
                     Ordering::Acquire,
                     guard,
                 ) {
@@ -334,8 +337,10 @@ impl<T> Queue<T> {
                 continue;
             }
             // This segment is used up: move head to the next one, or report empty.
-            // Acquire: pairs with the Release CAS that linked `next`.
-            let next = seg.next.load(Ordering::Acquire, guard);
+            // SeqCst: pairs (as an acquire) with the CAS that linked `next`, and decides "empty"
+            // in the total order with that CAS and the index claims (see the install CAS in
+            // `push`); a plain load on x86.
+            let next = seg.next.load(Ordering::SeqCst, guard);
             if next.is_null() {
                 return None;
             }
