@@ -21,15 +21,17 @@
 //! ```
 //!
 //! # Guarantees
-//! - **Exact accounting.** Every acquire is one atomic `fetch_add` of a packed word (in-flight
-//!   count and cost together) and its guard's drop is one `fetch_sub` of the very same delta, so
-//!   the counters are exact sums of the live guards at every instant (read-modify-writes on one
-//!   location are totally ordered). When no guard is live every counter reads zero.
+//! - **Exact accounting.** Every acquire is one compare-and-swap of a packed word (in-flight
+//!   count and cost together) that checks the limits and adds in one step, and its guard's drop
+//!   is one `fetch_sub` of the very same delta, so the counters are exact sums of the live guards
+//!   at every instant (read-modify-writes on one location are totally ordered) and never exceed
+//!   their limits, not even transiently. When no guard is live every counter reads zero.
 //! - **No ineligible pick.** [`pick`](LoadBoard::pick) only returns GPUs for which `eligible`
 //!   returned `true` during that call, and `None` when there is none.
-//! - **Lock-free, mostly wait-free.** `acquire`, guard drop, `pick` with `LeastLoaded` /
+//! - **Lock-free, mostly wait-free.** Guard drop, `pick` with `LeastLoaded` /
 //!   `PowerOfTwoChoices` / `RoundRobin` and every statistics read are wait-free (a bounded number
-//!   of loads and at most three RMWs); nothing ever blocks or spins.
+//!   of loads and RMWs); `acquire` is lock-free (its CAS retries only when another acquire or
+//!   release changed the same GPU's word meanwhile); nothing ever blocks.
 //! - **Staleness.** A pick reads each GPU's counter once with `Relaxed`; it may be overtaken by
 //!   concurrent acquires (the load it saw is a snapshot, not a lock). That is why
 //!   `pick_and_acquire` reserves immediately, and why `PowerOfTwoChoices` exists (robust to
@@ -67,18 +69,18 @@
 //! Measured against a bare `[AtomicU64; 8]` scan (no tie-break, no statistics) in
 //! docs/BENCHMARKS.md.
 //!
-//! **Orderings.** All counter operations are `Relaxed`: the counters publish no other data, and
-//! the only property needed — that the final value is the exact sum of all deltas — holds for
-//! any ordering because RMWs on one location form a single modification order. Threads that
-//! want to read a quiescent zero synchronize through something else (a join, a channel), which
-//! supplies the happens-before edge. See `docs/ORDERINGS.md`.
+//! **Orderings.** Counter operations are `Relaxed` except the guard's subtract (`Release`) and
+//! the board's final check in `Drop` (`Acquire`; see "Guards and the board's lifetime"): the
+//! counters publish no other data, and the only property needed — that the value is the exact
+//! sum of all deltas — holds for any ordering because RMWs on one location form a single
+//! modification order. Threads that want to read a quiescent zero synchronize through something
+//! else (a join, a channel), which supplies the happens-before edge. See `docs/ORDERINGS.md`.
 //!
 //! **Overflow.** A GPU may hold up to [`MAX_IN_FLIGHT`] guards and [`MAX_COST`] outstanding
-//! cost. `try_acquire` adds its delta and inspects the previous value; if the addition
-//! overflowed a field it subtracts the same delta again (restoring the exact sum, since the
-//! arithmetic is modular) and returns [`LoadError::Overflow`]. While that undo is pending other
-//! threads' picks may read a meaningless load for that GPU; the accounting stays exact. The cost
-//! of a single acquire is clamped to [`MAX_COST`].
+//! cost. `try_acquire` checks both limits against the current word and adds in the same
+//! compare-and-swap, so a word never holds more than the limits allow; an acquire that would
+//! exceed one returns [`LoadError::Overflow`] and changes nothing. The cost of a single acquire
+//! is clamped to [`MAX_COST`].
 //!
 //! **Randomness.** `PowerOfTwoChoices` and tie-breaking use a thread-local xorshift generator
 //! seeded on first use from `std`'s `RandomState`: no shared RNG state. An unweighted
@@ -611,23 +613,32 @@ impl LoadBoard {
         let alloc = &self.allocations[rng::stripe() * self.blocks.len() + g / WORDS_PER_BLOCK]
             [g % WORDS_PER_BLOCK];
         alloc.fetch_add(1, Ordering::Relaxed);
-        // Relaxed: the packed counter publishes no data; the exact sum only needs the RMW's
-        // atomicity (single modification order), which every ordering provides.
-        let prev = slot.fetch_add(delta, Ordering::Relaxed);
-        if prev >> COST_BITS >= MAX_IN_FLIGHT || (prev & COST_MASK) > MAX_COST - cost {
-            // Relaxed (both): undo the adds above exactly (modular arithmetic); same reasoning.
-            slot.fetch_sub(delta, Ordering::Relaxed);
-            alloc.fetch_sub(1, Ordering::Relaxed);
-            return Err(LoadError::Overflow { gpu });
+        // Check the limits and add in one atomic step, so that no thread ever sees a word past
+        // its limits. (An add-then-undo let a racing acquire see a wrapped in-flight field,
+        // i.e. zero, admit itself, and leave the board reading zero with guards live — which
+        // the board's drop then trusted to free the memory those guards point into.)
+        // Relaxed: a first guess for the CAS, which validates it.
+        let mut cur = slot.load(Ordering::Relaxed);
+        loop {
+            if cur >> COST_BITS >= MAX_IN_FLIGHT || (cur & COST_MASK) > MAX_COST - cost {
+                // Relaxed: undo the statistic above (exact by RMW atomicity).
+                alloc.fetch_sub(1, Ordering::Relaxed);
+                return Err(LoadError::Overflow { gpu });
+            }
+            // Relaxed (both): the packed counter publishes no data; exactness only needs the
+            // CAS's atomicity (one modification order per word), which every ordering gives.
+            match slot.compare_exchange_weak(cur, cur + delta, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return Ok(delta),
+                Err(now) => cur = now,
+            }
         }
-        Ok(delta)
     }
 
     /// Removes a delta added by `add`.
     #[inline]
     fn remove(&self, gpu: GpuId, delta: u64) {
-        // Relaxed: removes exactly the delta the matching fetch_add added; the exact sum needs
-        // only RMW atomicity. Nothing is published through the counter.
+        // Removes exactly the delta the matching `add` added (Release: see `release`).
         release(self.slot(gpu.index()), delta);
     }
 
@@ -889,8 +900,9 @@ impl<T> std::ops::Deref for HeapSlice<T> {
     type Target = [T];
     #[inline]
     fn deref(&self) -> &[T] {
-        // SAFETY: the slice is only freed by `LoadBoard::drop`, after which the `HeapSlice` is
-        // gone, so while `self` can be borrowed the memory is live.
+        // SAFETY: the slice is only freed by `LoadBoard::drop`, which never dereferences it
+        // afterwards (and the board, with this field, is gone when its drop returns), so
+        // whenever this runs the memory is live.
         unsafe { self.raw.as_ref() }
     }
 }
@@ -1135,6 +1147,79 @@ mod tests {
         drop(g);
         assert_eq!(b.cost(GpuId(0)), 0);
         assert_eq!(b.stats(GpuId(0)).unwrap().allocations, 3);
+    }
+
+    /// Presets GPU 0's word, races `try_acquire` with each of `costs` on its own thread (every
+    /// one must be refused) while a sampler checks the word never changes, then restores 0.
+    fn race_refused_acquires(preset: u64, costs: &'static [u64]) {
+        use std::sync::atomic::AtomicBool;
+        let b = Arc::new(LoadBoard::new(1));
+        b.slot(0).store(preset, Ordering::Relaxed);
+        let iters = if cfg!(miri) { 40 } else { 200_000 };
+        let stop = Arc::new(AtomicBool::new(false));
+        let sampling = Arc::new(AtomicBool::new(false));
+        let sampler = {
+            let (b, stop, sampling) = (Arc::clone(&b), Arc::clone(&stop), Arc::clone(&sampling));
+            std::thread::spawn(move || {
+                // Relaxed: a start signal only; it carries no data.
+                sampling.store(true, Ordering::Relaxed);
+                // Relaxed: a flag; the join below synchronizes the result.
+                while !stop.load(Ordering::Relaxed) {
+                    // Relaxed: any value the word ever holds is what we check.
+                    let w = b.slot(0).load(Ordering::Relaxed);
+                    assert_eq!(w, preset, "a refused acquire changed the word");
+                    std::hint::spin_loop();
+                }
+            })
+        };
+        let racers: Vec<_> = costs
+            .iter()
+            .map(|&cost| {
+                let (b, sampling) = (Arc::clone(&b), Arc::clone(&sampling));
+                std::thread::spawn(move || {
+                    // Relaxed: a start signal only. Race only while the sampler watches.
+                    while !sampling.load(Ordering::Relaxed) {
+                        std::thread::yield_now();
+                    }
+                    for _ in 0..iters {
+                        match b.try_acquire(GpuId(0), cost) {
+                            Err(LoadError::Overflow { .. }) => {}
+                            Ok(g) => panic!("admitted past the limit: {:?}", g.cost()),
+                            Err(e) => panic!("unexpected error {e}"),
+                        }
+                    }
+                })
+            })
+            .collect();
+        for r in racers {
+            r.join().unwrap();
+        }
+        // Relaxed: the racers are joined; the sampler only reads.
+        stop.store(true, Ordering::Relaxed);
+        sampler.join().unwrap();
+        assert_eq!(b.slot(0).load(Ordering::Relaxed), preset);
+        b.slot(0).store(0, Ordering::Relaxed);
+    }
+
+    #[test]
+    fn racing_acquires_on_a_full_word_never_change_it() {
+        // A full in-flight field. With an add-then-undo, the racing adds wrapped it to 0 in
+        // between and one could admit itself (then the board read 0 with 2^24 guards live).
+        race_refused_acquires(MAX_IN_FLIGHT << COST_BITS, &[0, 0]);
+    }
+
+    #[test]
+    fn racing_cost_overflows_never_carry() {
+        // Room for a cost of 5 only: costs 10 and 6 must both be refused every time (with an
+        // add-then-undo both could be admitted, the excess carrying into the in-flight field).
+        race_refused_acquires(MAX_COST - 5, &[10, 6]);
+        let b = Arc::new(LoadBoard::new(1));
+        b.slot(0).store(MAX_COST - 5, Ordering::Relaxed);
+        let g = b.try_acquire(GpuId(0), 5).unwrap();
+        assert_eq!((b.in_flight(GpuId(0)), b.cost(GpuId(0))), (1, MAX_COST));
+        drop(g);
+        assert_eq!(b.slot(0).load(Ordering::Relaxed), MAX_COST - 5);
+        b.slot(0).store(0, Ordering::Relaxed);
     }
 
     #[test]
