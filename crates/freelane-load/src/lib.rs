@@ -50,8 +50,8 @@
 //! **Layout: packed, read-mostly load words.** Each GPU's load is one `AtomicU64`: the in-flight
 //! count in the top 24 bits and the outstanding cost in the low 40 bits. The words of eight
 //! GPUs share one cache-padded block, so `LeastLoaded` reads all eight GPUs with one cache-line
-//! fetch; an acquire is one RMW of that word (plus one on this thread's allocation stripe) and a
-//! release one RMW. The measurements found per-GPU
+//! fetch; an acquire is one compare-and-swap of that word (retried only if the word changed
+//! since it was read; plus one RMW on this thread's allocation stripe) and a release one RMW. The measurements found per-GPU
 //! *padded* counters slower for pick-heavy loads (a scan touches one line per GPU, each being
 //! invalidated by other routers' RMWs); on our shared 2-vCPU machine `benches/benches/load.rs`
 //! measured padded and unpadded bare scans within noise of each other, so the packed layout
