@@ -120,9 +120,15 @@ pub const MAX_IN_FLIGHT: u64 = (1 << (64 - COST_BITS)) - 1;
 /// The most outstanding cost one GPU can hold (`2^40 - 1`); a single acquire's cost is clamped
 /// to it.
 pub const MAX_COST: u64 = COST_MASK;
+
+/// Most GPUs one board tracks: 2^20, far beyond any single serving process, and a bound on the
+/// board's memory (about 420 bytes per GPU, so at most ~440 MB) so that a bad size is an error
+/// ([`LoadError::TooManyGpus`]) instead of an allocation failure.
+pub const MAX_GPUS: usize = 1 << 20;
 /// Bits of a least-loaded pick key that hold the tie-break rank (the GPU index XOR a random
-/// mask; boards of up to 2^23 GPUs take the branch-free scan, bigger ones the general one).
+/// mask). `MAX_GPUS` is below 2^23, so every unweighted board takes the branch-free scan.
 const RANK_BITS: u32 = 23;
+const _: () = assert!(MAX_GPUS <= 1 << RANK_BITS);
 /// Mask of the rank in a pick key.
 const RANK_MASK: u64 = (1 << RANK_BITS) - 1;
 /// GPUs per cache-padded block of packed load words.
@@ -239,7 +245,7 @@ pub enum LoadError {
         /// The GPU with weight zero.
         gpu: GpuId,
     },
-    /// More GPUs than `GpuId` (u32) can name.
+    /// More GPUs than [`MAX_GPUS`].
     TooManyGpus {
         /// The requested number of GPUs.
         gpus: usize,
@@ -260,7 +266,7 @@ impl fmt::Display for LoadError {
                 write!(f, "capacity weight of {gpu} is zero (weights must be at least 1)")
             }
             LoadError::TooManyGpus { gpus } => {
-                write!(f, "{gpus} gpus do not fit a 32-bit gpu id")
+                write!(f, "{gpus} gpus requested, a load board tracks at most {MAX_GPUS}")
             }
         }
     }
@@ -343,8 +349,7 @@ impl LoadBoard {
     /// returns `None`).
     ///
     /// # Panics
-    /// If `gpus` exceeds `u32::MAX as usize + 1` (a [`GpuId`] could not name them); use
-    /// [`try_new`](Self::try_new) for an error instead.
+    /// If `gpus` exceeds [`MAX_GPUS`]; use [`try_new`](Self::try_new) for an error instead.
     pub fn new(gpus: usize) -> Self {
         match Self::try_new(gpus) {
             Ok(b) => b,
@@ -354,7 +359,7 @@ impl LoadBoard {
 
     /// A board for `gpus` GPUs of equal capacity, or [`LoadError::TooManyGpus`].
     pub fn try_new(gpus: usize) -> Result<Self, LoadError> {
-        if gpus as u64 > u64::from(u32::MAX) + 1 {
+        if gpus > MAX_GPUS {
             return Err(LoadError::TooManyGpus { gpus });
         }
         let nblocks = gpus.div_ceil(WORDS_PER_BLOCK);
@@ -1220,6 +1225,23 @@ mod tests {
         drop(g);
         assert_eq!(b.slot(0).load(Ordering::Relaxed), MAX_COST - 5);
         b.slot(0).store(0, Ordering::Relaxed);
+    }
+
+    #[test]
+    fn too_many_gpus_is_an_error_not_an_allocation_failure() {
+        for gpus in [MAX_GPUS + 1, u32::MAX as usize, usize::MAX] {
+            let e = LoadBoard::try_new(gpus).err().expect("must be refused");
+            assert_eq!(e, LoadError::TooManyGpus { gpus });
+            assert!(e.to_string().contains("at most 1048576"), "{e}");
+        }
+        if !cfg!(miri) {
+            // (A million-element vector is slow to build under miri.)
+            let weights = vec![1u32; MAX_GPUS + 1];
+            assert!(matches!(
+                LoadBoard::with_weights(&weights),
+                Err(LoadError::TooManyGpus { .. })
+            ));
+        }
     }
 
     #[test]
