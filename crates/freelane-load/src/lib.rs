@@ -1230,7 +1230,7 @@ mod tests {
     #[test]
     fn too_many_gpus_is_an_error_not_an_allocation_failure() {
         for gpus in [MAX_GPUS + 1, u32::MAX as usize, usize::MAX] {
-            let e = LoadBoard::try_new(gpus).err().expect("must be refused");
+            let e = LoadBoard::try_new(gpus).expect_err("must be refused");
             assert_eq!(e, LoadError::TooManyGpus { gpus });
             assert!(e.to_string().contains("at most 1048576"), "{e}");
         }
