@@ -9,7 +9,7 @@ use freelane_sync::sync::{Arc, Condvar, Mutex};
 use freelane_sync::{Backoff, CachePadded};
 use tracing_core::Level;
 
-use crate::record::{self, Record, Renderer};
+use crate::record::{self, Kind, Record, Renderer};
 use crate::ring::{PushError, Ring};
 
 /// What a caller does when the ring is full.
@@ -83,7 +83,9 @@ pub struct Stats {
     pub written: u64,
     /// Events dropped because the ring was full (`Overflow::Drop`) or the logger was shut down.
     pub dropped: u64,
-    /// Events whose write failed (they were in a batch the writer returned an error for).
+    /// Events whose write failed (they were in a batch the writer returned an error for), or
+    /// whose capture panicked (a field's `Debug` impl, say: the panic reaches the caller and the
+    /// event is skipped).
     pub failed: u64,
     /// Events written synchronously by their caller because the ring was full or closed and their
     /// level is never dropped (included in `written` or `failed`).
@@ -437,6 +439,7 @@ impl Shared {
     /// for a synchronous write). Never panics; never blocks unless the policy is `Block`.
     #[inline]
     pub(crate) fn submit<F: FnOnce(&mut Record)>(&self, level: Option<Level>, fill: F) {
+        let fill = |rec: &mut Record| capture(rec, fill);
         let fill = match self.ring.try_push(fill) {
             Ok(pos) => {
                 if freelane_sync::LOOM || pos % self.wake_every == 0 {
@@ -510,16 +513,24 @@ impl Shared {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
+        let mut rec = Record::default();
+        // Counted once captured: if `fill` panics, the event was never emitted.
+        fill(&mut rec);
         // Relaxed: a pure count, read by `stats`.
         self.sync_writes.fetch_add(1, Ordering::Relaxed);
-        let mut rec = Record::default();
-        fill(&mut rec);
         let mut out = Vec::with_capacity(rec.buf.len() + 128);
         record::render(&rec, &mut out, &mut Renderer::default());
         let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let ok = guarded_write(&mut **w, &out, true);
         drop(w);
         self.account(1, ok);
+    }
+
+    /// Counts `n` abandoned captures (see `capture`) as failed events.
+    #[cold]
+    fn account_abandoned(&self, n: u64) {
+        // Relaxed: a pure count, read by `stats`.
+        self.failed.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Counts a written (or failed) group of `n` events.
@@ -602,6 +613,30 @@ fn guarded_write(w: &mut dyn Write, bytes: &[u8], flush: bool) -> Result<(), Str
     }
 }
 
+/// Runs the caller's `fill` on a ring slot's record. If it panics (user code runs here: a field's
+/// `Debug` impl), the record is cleared and marked [`Kind::Abandoned`] before the panic goes on,
+/// and the ring still publishes the slot (see `Ring::try_push`), so the drainer skips it, counts
+/// it as failed, and the logger keeps working. Without this the slot was never published and the
+/// drainer waited on it forever.
+#[inline]
+fn capture(rec: &mut Record, fill: impl FnOnce(&mut Record)) {
+    struct Abandon<'a> {
+        rec: &'a mut Record,
+        done: bool,
+    }
+    impl Drop for Abandon<'_> {
+        fn drop(&mut self) {
+            if !self.done {
+                self.rec.clear();
+                self.rec.kind = Kind::Abandoned;
+            }
+        }
+    }
+    let mut guard = Abandon { rec, done: false };
+    fill(guard.rec);
+    guard.done = true;
+}
+
 /// The drainer: pops batches, renders them, writes each batch with one call, flushes when idle.
 fn drain_loop(shared: &Shared, batch: usize, idle: Duration) {
     let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
@@ -615,10 +650,14 @@ fn drain_loop(shared: &Shared, batch: usize, idle: Duration) {
     loop {
         out.clear();
         let mut n = 0usize;
+        let mut abandoned = 0u64;
         while n < batch {
             // SAFETY: this thread is the ring's only consumer (no other code calls pop_with).
             let popped = unsafe {
                 shared.ring.pop_with(|rec| {
+                    if rec.kind == Kind::Abandoned {
+                        abandoned += 1;
+                    }
                     record::render(rec, &mut out, &mut renderer);
                     rec.clear();
                     if rec.buf.capacity() > 4096 {
@@ -649,7 +688,10 @@ fn drain_loop(shared: &Shared, batch: usize, idle: Duration) {
             let mut w = shared.writer.lock().unwrap_or_else(|e| e.into_inner());
             let r = guarded_write(&mut **w, &out, false);
             drop(w);
-            shared.account(n as u64, r);
+            shared.account(n as u64 - abandoned, r);
+            if abandoned > 0 {
+                shared.account_abandoned(abandoned);
+            }
             dirty = true;
             if out.capacity() > 1 << 20 {
                 out = Vec::with_capacity(64 * 1024);

@@ -19,6 +19,10 @@ pub(crate) enum Kind {
     Raw,
     /// A tracing event captured by the layer, rendered as JSON by the drainer.
     Event,
+    /// A capture whose code panicked (e.g. a field's `Debug` impl) after its ring slot was
+    /// claimed: the slot is still published so the ring keeps moving, and the drainer skips it
+    /// and counts it as failed.
+    Abandoned,
 }
 
 /// A captured event or raw write.
@@ -381,6 +385,7 @@ pub(crate) fn render(rec: &Record, out: &mut Vec<u8>, r: &mut Renderer) {
     match rec.kind {
         Kind::Raw => out.extend_from_slice(&rec.buf),
         Kind::Event => render_event(rec, out, r),
+        Kind::Abandoned => {}
     }
 }
 

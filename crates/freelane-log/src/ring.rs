@@ -45,6 +45,19 @@ unsafe impl<T: Send> Sync for Ring<T> {}
 // SAFETY: as above; the ring owns its `T`s.
 unsafe impl<T: Send> Send for Ring<T> {}
 
+/// Stores `value` into `seq` when dropped (normally or during a panic in the fill).
+struct Publish<'a> {
+    seq: &'a AtomicUsize,
+    value: usize,
+}
+
+impl Drop for Publish<'_> {
+    fn drop(&mut self) {
+        // Release: publishes the filled value to the consumer's Acquire load in `pop_with`.
+        self.seq.store(self.value, Ordering::Release);
+    }
+}
+
 impl<T: Default> Ring<T> {
     /// A ring of `capacity` slots; `capacity` must be a power of two `>= 2` (checked by callers).
     pub(crate) fn new(capacity: usize) -> Self {
@@ -94,12 +107,17 @@ impl<T> Ring<T> {
                     Ordering::Relaxed,
                 ) {
                     Ok(_) => {
+                        // Publishes the slot when dropped: after `fill` returns, and also if it
+                        // panics, so a claimed position is always published and the consumer
+                        // never waits forever on it (the caller marks a half-filled value).
+                        let _publish = Publish {
+                            seq: &slot.seq,
+                            value: pos.wrapping_add(1),
+                        };
                         // SAFETY: we own position `pos`: `seq == pos` said the slot is free for
                         // it and our CAS made us its only claimant; the consumer will not touch
-                        // the slot until we store `pos + 1` below.
+                        // the slot until `_publish` stores `pos + 1`, after this access ends.
                         slot.value.with_mut(|p| fill(unsafe { &mut *p }));
-                        // Release: publishes the filled value to the consumer's Acquire load.
-                        slot.seq.store(pos.wrapping_add(1), Ordering::Release);
                         return Ok(pos);
                     }
                     Err(current) => {

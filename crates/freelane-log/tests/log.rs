@@ -515,3 +515,52 @@ fn rendered_lines_are_byte_exact() {
         assert_eq!(got, want);
     }
 }
+
+/// A field whose `Debug` panics while the event is captured into a ring slot: the panic reaches
+/// the caller, the event is counted as failed, and the logger keeps working (the slot it had
+/// claimed is still published; it used to stay unpublished and stall the drainer for good).
+#[test]
+fn a_panicking_field_is_skipped_and_the_logger_keeps_working() {
+    struct Boom;
+    impl std::fmt::Debug for Boom {
+        fn fmt(&self, _: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            panic!("Debug of Boom panics")
+        }
+    }
+    let n = if cfg!(miri) { 6 } else { 50 };
+    for overflow in [Overflow::Drop, Overflow::Block] {
+        let out = SharedBuf::default();
+        let (layer, guard) = Builder::new()
+            .capacity(4)
+            .overflow(overflow)
+            .build_layer(out.clone())
+            .unwrap();
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
+            let r = std::panic::catch_unwind(|| tracing::info!(x = ?Boom, "boom"));
+            assert!(r.is_err(), "the field's panic must reach the caller");
+            for i in 0..n {
+                tracing::info!(i, "after");
+            }
+        });
+        assert!(
+            guard.logger().flush_timeout(Duration::from_secs(30)),
+            "{overflow:?}: flush never completed after a panicking capture"
+        );
+        let stats = guard.shutdown(Duration::from_secs(60)).unwrap();
+        assert_eq!(stats.failed, 1, "{overflow:?}: {stats:?}");
+        assert_eq!(stats.emitted, n + 1, "{overflow:?}: {stats:?}");
+        assert_eq!(
+            stats.emitted,
+            stats.written + stats.dropped + stats.failed,
+            "{overflow:?}: {stats:?}"
+        );
+        let lines = out.lines();
+        assert_eq!(lines.len() as u64, stats.written);
+        assert!(lines
+            .iter()
+            .all(|l| json(l)["fields"]["message"] == "after"));
+        if overflow == Overflow::Block {
+            assert_eq!(stats.written, n);
+        }
+    }
+}
