@@ -29,9 +29,12 @@
 //!   full or closed.
 //! - **Nothing is lost silently.** Every submitted event ends in exactly one of
 //!   [`Stats::written`], [`Stats::dropped`] or [`Stats::failed`] (failed: in a write the writer
-//!   returned an error for), so after shutdown `emitted == written + dropped + failed`. Drops
-//!   happen only with `Overflow::Drop` on a full ring, or after shutdown (below a never-drop
-//!   level), and each is counted exactly once.
+//!   returned an error for, or its capture panicked — a field's `Debug` impl, say; that panic
+//!   reaches the caller and the logger carries on), so after shutdown
+//!   `emitted == written + dropped + failed`. Drops happen only with `Overflow::Drop` on a full
+//!   ring, after shutdown (below a never-drop level), or for an event the writer itself emits on
+//!   the logger's thread while the ring is full or closed (waiting for room or writing it
+//!   synchronously would deadlock on itself), and each is counted exactly once.
 //! - **Flush and shutdown.** [`Logger::flush`] returns once every event accepted before the call
 //!   is written and the writer flushed. [`Guard::shutdown`] (and dropping the [`Guard`]) closes
 //!   the ring: every event accepted before the close is written before the drainer exits; events

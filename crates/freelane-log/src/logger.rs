@@ -227,12 +227,37 @@ impl Builder {
 }
 
 #[cfg(not(freelane_loom))]
+std::thread_local! {
+    /// Set on the drainer thread (see `on_drainer_thread`).
+    static ON_DRAINER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether this thread is a drainer, i.e. the event comes from the writer itself (a writer that
+/// logs). Such an event must never wait for room (it would wait for itself) nor take the writer
+/// lock for a synchronous write (the drainer holds it). Checked only on a full or closed ring.
+/// Always `false` under loom, whose threads share one OS thread's thread-locals.
+#[inline]
+fn on_drainer_thread() -> bool {
+    #[cfg(not(freelane_loom))]
+    {
+        ON_DRAINER.try_with(std::cell::Cell::get).unwrap_or(false)
+    }
+    #[cfg(freelane_loom)]
+    {
+        false
+    }
+}
+
+#[cfg(not(freelane_loom))]
 fn spawn_drainer(
     f: impl FnOnce() + Send + 'static,
 ) -> Result<freelane_sync::thread::JoinHandle<()>, BuildError> {
     std::thread::Builder::new()
         .name("freelane-log".into())
-        .spawn(f)
+        .spawn(move || {
+            ON_DRAINER.with(|c| c.set(true));
+            f();
+        })
         .map_err(|e| BuildError::Spawn(e.to_string()))
 }
 
@@ -448,6 +473,11 @@ impl Shared {
                 return;
             }
             Err((err, fill)) => {
+                if on_drainer_thread() {
+                    // The writer itself logged and the ring is full or closed: waiting or a
+                    // synchronous write would deadlock on ourselves. Drop it (counted).
+                    return self.drop_one();
+                }
                 if err == PushError::Full && self.overflow == Overflow::Block {
                     fill
                 } else {
@@ -456,6 +486,12 @@ impl Shared {
             }
         };
         self.push_blocking(level, fill);
+    }
+
+    #[cold]
+    fn drop_one(&self) {
+        // Relaxed: a pure count, read by `stats`.
+        self.dropped.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Every `wake_every` positions: wakes the drainer if it sleeps and the ring is at least a

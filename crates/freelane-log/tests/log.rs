@@ -564,3 +564,67 @@ fn a_panicking_field_is_skipped_and_the_logger_keeps_working() {
         }
     }
 }
+
+/// A writer that itself logs through the same layer (on the logger's thread, while it holds the
+/// writer): with the ring full, that event must not wait for room (it would wait for itself) or
+/// take the writer lock for a synchronous write. It is dropped and counted; nothing hangs.
+#[test]
+fn a_writer_that_logs_does_not_deadlock_the_logger() {
+    #[derive(Clone)]
+    struct Chatty {
+        inner: SharedBuf,
+        dispatch: Arc<Mutex<Option<Dispatch>>>,
+        left: Arc<Mutex<u32>>,
+    }
+    impl Write for Chatty {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let d = self.dispatch.lock().unwrap().clone();
+            let mut left = self.left.lock().unwrap();
+            if let (Some(d), true) = (d, *left > 0) {
+                *left -= 1;
+                drop(left);
+                dispatcher::with_default(&d, || tracing::error!("from inside the writer"));
+            }
+            self.inner.write(buf)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    for overflow in [Overflow::Block, Overflow::Drop] {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let writer = Chatty {
+                inner: SharedBuf::slow(Duration::from_millis(1)),
+                dispatch: Arc::default(),
+                left: Arc::new(Mutex::new(40)),
+            };
+            let (layer, guard) = Builder::new()
+                .capacity(2)
+                .batch(1)
+                .overflow(overflow)
+                .never_drop(Some(tracing::Level::ERROR))
+                .build_layer(writer.clone())
+                .unwrap();
+            let dispatch = Dispatch::new(tracing_subscriber::registry().with(layer));
+            *writer.dispatch.lock().unwrap() = Some(dispatch.clone());
+            dispatcher::with_default(&dispatch, || {
+                for i in 0..if cfg!(miri) { 10 } else { 100 } {
+                    tracing::info!(i, "from the caller");
+                }
+            });
+            *writer.dispatch.lock().unwrap() = None;
+            drop(dispatch);
+            tx.send(guard.shutdown(Duration::from_secs(60))).unwrap();
+        });
+        let stats = rx
+            .recv_timeout(Duration::from_secs(if cfg!(miri) { 600 } else { 60 }))
+            .unwrap_or_else(|_| panic!("{overflow:?}: the logger deadlocked on its own writer"))
+            .unwrap();
+        assert_eq!(
+            stats.emitted,
+            stats.written + stats.dropped + stats.failed,
+            "{overflow:?}: {stats:?}"
+        );
+    }
+}
