@@ -47,10 +47,14 @@
 //!   generation of one slot wraps after 2^32 reuses).
 //! - `insert`, `with`, `get`, `cancel`, `is_cancelled`, `contains` are lock-free
 //!   (`is_cancelled` and `contains` wait-free). `remove` is lock-free except that it waits for
-//!   readers currently inside `with` on the *same* entry to return.
+//!   readers currently inside `with` on the *same* entry to return; so calling `remove` for an
+//!   entry from inside `with` on that entry never returns (it waits for its own read).
 //! - Exactly one of several concurrent `remove`s of one ticket gets the value; `Drop` drops every
 //!   value still in the table exactly once.
-//! - `cancel` (Release) happens-before an `is_cancelled` (Acquire) that returns `true`.
+//! - The `cancel` that sets an entry's flag (Release) happens-before every `is_cancelled`
+//!   (Acquire) that returns `true` for it. A later `cancel` of the already-cancelled entry only
+//!   reports it and publishes nothing: with several cancellers, a worker is guaranteed to see
+//!   what the first one did before cancelling, not the others.
 //!
 //! # Implementation
 //!

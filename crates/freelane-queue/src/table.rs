@@ -95,7 +95,9 @@ struct Entry<V> {
 /// assert_eq!(table.remove(t), None); // stale
 /// ```
 pub struct RequestTable<V> {
-    /// Treiber stack of free slots: `tag << 32 | index` (tag bumps on every change: no ABA).
+    /// Treiber stack of free slots: `tag << 32 | index`. The tag bumps on every change, so an
+    /// ABA needs 2^32 pushes and pops while one `insert` is stalled between reading the head and
+    /// its CAS (see the crate docs); not impossible in theory, never in practice.
     free: CachePadded<AtomicU64>,
     entries: Box<[Entry<V>]>,
 }
@@ -265,7 +267,8 @@ impl<V> RequestTable<V> {
     }
 
     /// Marks `ticket`'s request cancelled. Returns `true` when the entry is live (it is now
-    /// cancelled, whether or not it already was), `false` for a stale ticket. Lock-free.
+    /// cancelled, whether or not it already was), `false` for a stale ticket. Lock-free. Only
+    /// the call that sets the flag publishes what its thread did before (see the crate docs).
     pub fn cancel(&self, ticket: Ticket) -> bool {
         let Some(entry) = self.entry(ticket) else {
             return false;
@@ -309,7 +312,9 @@ impl<V> RequestTable<V> {
 
     /// Takes `ticket`'s value out and frees its slot (bumping its generation, so the ticket
     /// becomes stale). `None` for a stale ticket or when another `remove` won. Waits only for
-    /// readers inside [`with`](Self::with) on this same entry; otherwise lock-free.
+    /// readers inside [`with`](Self::with) on this same entry; otherwise lock-free. Do not call
+    /// it from inside `with` on the same entry: it would wait for that very read and never
+    /// return.
     pub fn remove(&self, ticket: Ticket) -> Option<V> {
         let entry = self.entry(ticket)?;
         let mut backoff = Backoff::new();
