@@ -32,6 +32,9 @@ pub struct Batch<I, O, X = ()> {
     observer: Option<Arc<dyn Observer>>,
     formed: Instant,
     oldest: Option<Instant>,
+    /// Set when the last `fill_from` handed the lane's front entry back for the token budget:
+    /// waiting for more items cannot help this batch (that entry is first in line).
+    budget_stop: bool,
 }
 
 impl<I, O, X> Batch<I, O, X> {
@@ -55,6 +58,7 @@ impl<I, O, X> Batch<I, O, X> {
             observer: None,
             formed: now,
             oldest: None,
+            budget_stop: false,
         }
     }
 
@@ -280,6 +284,7 @@ impl<I, O, X> Batch<I, O, X> {
         let max_size = self.limits.max_batch_size();
         let budget = self.limits.max_batch_tokens();
         let mut added = 0;
+        self.budget_stop = false;
         'outer: while self.active < max_size && self.tokens < budget {
             let mut claim = lane.claim(max_size - self.active);
             if claim.remaining() == 0 {
@@ -301,6 +306,7 @@ impl<I, O, X> Batch<I, O, X> {
                     // needs no action here.
                     let _ = lane.push_front(e);
                     drop(claim);
+                    self.budget_stop = true;
                     break 'outer;
                 }
                 self.push(e, now);
@@ -308,6 +314,13 @@ impl<I, O, X> Batch<I, O, X> {
             }
         }
         added
+    }
+
+    /// Whether the last [`fill_from`](Self::fill_from) stopped because the lane's next entry
+    /// would exceed the token budget (it is back at the lane's front): more items arriving
+    /// cannot join this batch until it runs.
+    pub(crate) fn stopped_by_budget(&self) -> bool {
+        self.budget_stop
     }
 
     /// Marks every active entry as "joined", so an executor's first look at

@@ -1,7 +1,6 @@
 //! The waiting policy: when a lane's consumer closes a batch.
 use std::fmt;
 use std::sync::Arc;
-use std::task::Waker;
 use std::time::Instant;
 
 use crate::batch::Batch;
@@ -10,6 +9,9 @@ use crate::lane::{thread_waker, Lane, Signal};
 use crate::request::{Entry, Observer};
 
 /// What [`Batcher::next_batch_until`] (and its blocking twin) returned.
+// The `Batch` variant is large next to the unit ones; boxing it would cost an allocation per
+// batch for a value that is returned once and immediately matched.
+#[allow(clippy::large_enum_variant)]
 pub enum Next<I, O, X = ()> {
     /// A batch with at least one entry, closed by its size, its token budget, `max_wait`, a
     /// nudge or the lane's close.
@@ -46,7 +48,6 @@ pub struct Batcher<I, O, X = ()> {
     lane: Arc<Lane<Entry<I, O, X>>>,
     config: BatchConfig,
     observer: Option<Arc<dyn Observer>>,
-    thread_waker: Option<Waker>,
 }
 
 impl<I, O, X> Batcher<I, O, X> {
@@ -57,7 +58,6 @@ impl<I, O, X> Batcher<I, O, X> {
             lane,
             config,
             observer: None,
-            thread_waker: None,
         }
     }
 
@@ -140,9 +140,12 @@ impl<I, O, X> Batcher<I, O, X> {
                 }
             }
         }
-        // Phase 2: fill until full, budget, or max_wait after the oldest arrival.
+        // Phase 2: fill until full, budget, or max_wait after the oldest arrival. Stop as soon as
+        // the lane's next entry is over budget: it stays first in line, so waiting (or polling
+        // it again, which is what the lane's "items available" signal would make us do) cannot
+        // add anything.
         let close_at = self.close_at(&batch);
-        while !batch.is_full() {
+        while !batch.is_full() && !batch.stopped_by_budget() {
             if Instant::now() >= close_at {
                 break;
             }
@@ -176,7 +179,9 @@ impl<I, O, X> Batcher<I, O, X> {
     /// Blocking twin of [`next_batch_until`](Self::next_batch_until): parks the thread while
     /// waiting (woken by the lane's lock-free handoff).
     pub fn next_batch_blocking_until(&mut self, idle_deadline: Option<Instant>) -> Next<I, O, X> {
-        let waker = self.thread_waker.get_or_insert_with(thread_waker).clone();
+        // A waker for the calling thread, made per call: a `Batcher` is `Send`, and a waker
+        // cached from an earlier call would unpark the thread that made it.
+        let waker = thread_waker();
         let mut batch = self.empty_batch();
         loop {
             batch.fill_from(&self.lane, Instant::now());
@@ -197,7 +202,9 @@ impl<I, O, X> Batcher<I, O, X> {
             }
         }
         let close_at = self.close_at(&batch);
-        while !batch.is_full() {
+        // As in `next_batch_until`: stop on a full batch, an over-budget front entry, or
+        // `max_wait` (checked here too: `wait_blocking` returns at once while items wait).
+        while !batch.is_full() && !batch.stopped_by_budget() && Instant::now() < close_at {
             match self.lane.wait_blocking(&waker, Some(close_at)) {
                 None => break,
                 Some(Signal::Items) => {

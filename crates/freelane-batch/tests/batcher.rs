@@ -478,3 +478,72 @@ fn config_rejects_zero_and_contradictory_limits() {
         assert!(s.chars().next().unwrap().is_lowercase(), "{s}");
     }
 }
+
+/// The lane's next entry does not fit the batch's token budget: the batch must be returned at
+/// once (that entry stays first in line), not after max_wait, and above all not never: the
+/// blocking batcher used to hand the entry back and take it again forever.
+#[test]
+fn over_budget_next_entry_ends_the_batch_at_once() {
+    let l = lane();
+    let _a = push(&l, 1, 60);
+    let _b = push(&l, 2, 50);
+    let mut b = Batcher::new(0, Arc::clone(&l), config(8, 100, Duration::from_secs(30)));
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let mut batch = b.next_batch_blocking().unwrap();
+        tx.send(payloads(&batch)).unwrap();
+        batch.finish_all(|_| 0);
+    });
+    let t0 = Instant::now();
+    let first = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the blocking batcher hung on an over-budget entry");
+    assert_eq!(first, vec![1]);
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "waited for max_wait although nothing more could join"
+    );
+    assert_eq!(l.len(), 1, "the entry that did not fit is back in the lane");
+    let mut b = Batcher::new(0, Arc::clone(&l), config(8, 100, Duration::ZERO));
+    assert_eq!(payloads(&b.try_next_batch().unwrap()), vec![2]);
+}
+
+/// The async twin: it used to end only at max_wait, spinning on the runtime thread meanwhile.
+#[tokio::test]
+#[cfg_attr(miri, ignore)] // tokio's time driver
+async fn async_over_budget_next_entry_ends_the_batch_at_once() {
+    let l = lane();
+    let _a = push(&l, 1, 60);
+    let _b = push(&l, 2, 50);
+    let mut b = Batcher::new(0, Arc::clone(&l), config(8, 100, Duration::from_secs(3)));
+    let t0 = Instant::now();
+    let batch = b.next_batch().await.unwrap();
+    assert_eq!(payloads(&batch), vec![1]);
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "waited {:?} (max_wait) although nothing more could join",
+        t0.elapsed()
+    );
+}
+
+/// A `Batcher` is `Send`: after moving to another thread, a push must wake that thread (it used
+/// to keep a waker for the first thread that waited, so the move left it asleep).
+#[test]
+fn blocking_batcher_moved_to_another_thread_is_woken_by_a_push() {
+    let l = lane();
+    let mut b = Batcher::new(0, Arc::clone(&l), config(1, u64::MAX, Duration::ZERO));
+    let _h = push(&l, 1, 1);
+    b.next_batch_blocking().unwrap().finish_all(|_| 0);
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let mut batch = b.next_batch_blocking().unwrap();
+        tx.send(payloads(&batch)).unwrap();
+        batch.finish_all(|_| 0);
+    });
+    thread::sleep(Duration::from_millis(50));
+    let _h2 = push(&l, 2, 1);
+    let got = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the moved batcher was not woken by the push");
+    assert_eq!(got, vec![2]);
+}
