@@ -276,7 +276,9 @@ impl<T> Lane<T> {
     }
 
     /// Marks the lane closed and wakes its consumer: waits on an empty closed lane return
-    /// [`Signal::Closed`]. Pushes are still accepted (a racing producer's item is not lost).
+    /// [`Signal::Closed`]. Pushes are still accepted (a racing producer's item is not lost), and
+    /// so are hand-backs from a consumer's claim: drain after the consumers stop (see the crate
+    /// docs, "Shutdown").
     pub fn close(&self) {
         // AcqRel: as in nudge().
         let prev = self.state.fetch_or(CLOSED, Ordering::AcqRel);
@@ -458,8 +460,9 @@ impl<T> Drop for Claim<'_, T> {
     fn drop(&mut self) {
         if self.left > 0 {
             self.lane.reserve(self.left);
-            // The handed-back items never left the queues; a closed lane is drained by whoever
-            // closed it or pushed after the close, so the result needs no action here.
+            // The handed-back items never left the queues; they are counted again even on a
+            // closed lane, which is drained for good only once its consumers have stopped (crate
+            // docs, "Shutdown"), so the result needs no action here.
             let _ = self.lane.publish(self.left);
         }
     }

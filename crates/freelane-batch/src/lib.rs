@@ -41,7 +41,12 @@
 //!   incremented before the push and decremented by claims.
 //! - **Shutdown.** [`Lane::close`] is an RMW on the state word, so every push is ordered before or
 //!   after it: pushes before are counted in what the closer drains; a push after learns
-//!   [`Pushed::Closed`] and drains itself. Nothing is stranded either way.
+//!   [`Pushed::Closed`] and drains itself. Items a consumer hands back (a dropped [`Claim`]
+//!   with items left, or a batch's over-budget entry) go back into the lane even after a close,
+//!   so a lane is drained for good only once its consumers have stopped: drain until
+//!   `is_closed() && is_empty()` from the lane's own consumer (as the coordinator's workers do,
+//!   and its drop answers whatever is left), or drain again after the consumers are joined. A
+//!   single drain by the closer while a consumer still holds a claim can miss the hand-back.
 //!
 //! # Implementation
 //! The state word holds `count << 4 | PAUSED | CLOSED | NUDGED | SLEEPING`. A push is one queue
