@@ -9,43 +9,47 @@ use loom_tests::run_model;
 
 /// Under loom the histogram has 2 stripes and a thread's stripe is its index: main (0) and the
 /// second spawned thread (2) share stripe 0, the first spawned thread (1) has stripe 1.
-/// Two recorders on different stripes race a snapshot: every snapshot's count stays within what
-/// was recorded and never goes backwards, and after the joins everything is exact.
+/// Two recorders on different stripes (main and thread 1, one value each) race two snapshots
+/// taken on thread 2:
+/// every snapshot's count stays within what was recorded and never goes backwards, every counted
+/// value is inside `[min, max]`, and after the joins everything is exact. (The snapshots used to
+/// be taken on the main thread with both recorders spawned; loom then never ran a recorder
+/// before the snapshots, so every snapshot it explored was empty.)
 #[test]
 fn histogram_record_racing_snapshot_never_overcounts_and_ends_exact() {
     run_model("metrics::record_vs_snapshot", || {
         let h = Arc::new(Histogram::new());
-        let handles: Vec<_> = [(1u64, 3u64), (5, 7)]
-            .into_iter()
-            .map(|(a, b)| {
-                let h = Arc::clone(&h);
-                thread::spawn(move || {
-                    h.record(a);
-                    h.record(b);
-                })
+        let recorder = {
+            let h = Arc::clone(&h);
+            thread::spawn(move || h.record(5))
+        };
+        let snapshots = {
+            let h = Arc::clone(&h);
+            thread::spawn(move || {
+                let s1 = h.snapshot();
+                let s2 = h.snapshot();
+                assert!(s1.count() <= 2 && s2.count() <= 2);
+                assert!(s2.count() >= s1.count(), "a later snapshot lost records");
+                for s in [&s1, &s2] {
+                    // Every bucket holds at most what was recorded into it, and inside min/max.
+                    for (low, high, c) in s.buckets() {
+                        let recorded =
+                            [1u64, 5].iter().filter(|&&v| v >= low && v <= high).count() as u64;
+                        assert!(c <= recorded, "bucket {low}..={high} has {c} > {recorded}");
+                        if c > 0 {
+                            assert!(s.min() <= high && low <= s.max(), "counted outside min/max");
+                        }
+                    }
+                }
             })
-            .collect();
-        let s1 = h.snapshot();
-        let s2 = h.snapshot();
-        assert!(s1.count() <= 4 && s2.count() <= 4);
-        assert!(s2.count() >= s1.count(), "a later snapshot lost records");
-        for s in [&s1, &s2] {
-            // Every bucket holds at most what was recorded into it.
-            for (low, high, c) in s.buckets() {
-                let recorded = [1u64, 3, 5, 7]
-                    .iter()
-                    .filter(|&&v| v >= low && v <= high)
-                    .count() as u64;
-                assert!(c <= recorded, "bucket {low}..={high} has {c} > {recorded}");
-            }
-        }
-        for t in handles {
-            t.join().unwrap();
-        }
+        };
+        h.record(1);
+        recorder.join().unwrap();
+        snapshots.join().unwrap();
         let s = h.snapshot();
-        assert_eq!(s.count(), 4);
-        assert_eq!(s.sum(), 16);
-        assert_eq!((s.min(), s.max()), (1, 7));
+        assert_eq!(s.count(), 2);
+        assert_eq!(s.sum(), 6);
+        assert_eq!((s.min(), s.max()), (1, 5));
     });
 }
 
@@ -94,5 +98,35 @@ fn counter_adds_from_two_threads_are_exact() {
             t.join().unwrap();
         }
         assert_eq!(c.get(), 6);
+    });
+}
+
+/// A snapshot racing a histogram's first record: whenever the value is counted, `min`, `max`
+/// and `sum` include it (a record updates them before its bucket, Release/Acquire). A snapshot
+/// used to be able to report count 1 with min u64::MAX and max 0 (quantile(0.5) = u64::MAX).
+/// The snapshot runs on the spawned thread and the record on the main thread: with the roles
+/// the other way round, loom never ran the spawned recorder before the main thread's snapshot.
+#[test]
+fn histogram_snapshot_counting_a_value_sees_its_min_max_and_sum() {
+    run_model("metrics::first_record_vs_snapshot", || {
+        let h = Arc::new(Histogram::new());
+        let snapshotter = {
+            let h = Arc::clone(&h);
+            thread::spawn(move || {
+                let s = h.snapshot();
+                if s.count() == 1 {
+                    assert_eq!(
+                        (s.min(), s.max(), s.sum()),
+                        (5, 5, 5),
+                        "counted but not covered"
+                    );
+                    assert_eq!(s.quantile(0.5), 5);
+                }
+            })
+        };
+        h.record(5);
+        snapshotter.join().unwrap();
+        let s = h.snapshot();
+        assert_eq!((s.count(), s.min(), s.max(), s.sum()), (1, 5, 5, 5));
     });
 }

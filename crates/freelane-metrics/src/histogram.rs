@@ -97,10 +97,8 @@ impl Histogram {
     #[inline]
     pub fn record(&self, value: u64) {
         let shard = self.my_shard();
-        // Relaxed (all four): counters are independent; a snapshot needs no ordering among them
-        // (it documents that a concurrent record may be partly visible), and nothing else is
-        // published through them.
-        shard.counts[bucket_index(value)].fetch_add(1, Ordering::Relaxed);
+        // Relaxed (sum, min, max): plain counters. They are updated before the bucket so that a
+        // snapshot that counts this value also sees them (see the bucket's Release below).
         shard.sum.fetch_add(value, Ordering::Relaxed);
         if value < shard.min.load(Ordering::Relaxed) {
             shard.min.fetch_min(value, Ordering::Relaxed);
@@ -108,6 +106,11 @@ impl Histogram {
         if value > shard.max.load(Ordering::Relaxed) {
             shard.max.fetch_max(value, Ordering::Relaxed);
         }
+        // Release: pairs with the snapshot's Acquire load of the bucket, so a snapshot that
+        // counts this value also sees our sum/min/max updates above (min <= value <= max for
+        // every counted value; a snapshot racing the first record used to report count 1 with
+        // min u64::MAX and max 0). A plain locked add on x86 either way.
+        shard.counts[bucket_index(value)].fetch_add(1, Ordering::Release);
     }
 
     /// Records a duration as whole nanoseconds (saturating at `u64::MAX`).
@@ -159,8 +162,9 @@ impl Histogram {
     /// With recorders running concurrently the snapshot contains every record that finished
     /// before `snapshot` was called and possibly parts of ones racing with it: bucket counts never
     /// exceed what was recorded, and `count` is the sum of the buckets, so quantiles are always
-    /// consistent with `count`; `sum`, `min` and `max` may lag or lead the buckets by the racing
-    /// records. When recorders are quiescent (e.g. joined) the snapshot is exact.
+    /// consistent with `count`; `sum`, `min` and `max` include every counted value (a record
+    /// updates them before its bucket) and may also include racing records not yet counted. When
+    /// recorders are quiescent (e.g. joined) the snapshot is exact.
     pub fn snapshot(&self) -> Snapshot {
         let mut counts = vec![0u64; BUCKETS];
         let (mut sum, mut min, mut max) = (0u64, u64::MAX, 0u64);
@@ -173,14 +177,13 @@ impl Histogram {
             // SAFETY: installed stripes live until `self` is dropped.
             let s = unsafe { &*p };
             for (acc, c) in counts.iter_mut().zip(s.counts.iter()) {
-                // Relaxed: see `record`; each counter only ever grows.
-                *acc += c.load(Ordering::Relaxed);
+                // Acquire: pairs with the Release increment in `record`, so the sum/min/max
+                // updates of every value counted here are visible to the loads below.
+                *acc += c.load(Ordering::Acquire);
             }
-            // Relaxed: see `record`.
+            // Relaxed (sum, min, max): ordered after the buckets by their Acquire loads above.
             sum = sum.wrapping_add(s.sum.load(Ordering::Relaxed));
-            // Relaxed: see `record`.
             min = min.min(s.min.load(Ordering::Relaxed));
-            // Relaxed: see `record`.
             max = max.max(s.max.load(Ordering::Relaxed));
         }
         let count = counts.iter().sum();
@@ -271,7 +274,9 @@ impl Snapshot {
 
     /// The `q`-quantile (`q` in 0..=1, clamped; NaN reads as 0) by nearest rank: the value of
     /// rank `max(1, ceil(q * count))` in sorted order, estimated as its bucket's midpoint clamped
-    /// to `[min, max]`, so within 0.4% of the exact value (exact below 256). `q = 0` is `min`,
+    /// to `[min, max]`, so within 0.4% of the exact value (exact below 256) for values below
+    /// 2^44; larger values share the last bucket, so there only the clamp to `min`/`max`
+    /// bounds the estimate. `q = 0` is `min`,
     /// `q = 1` is `max`; 0 when empty.
     pub fn quantile(&self, q: f64) -> u64 {
         if self.count == 0 {

@@ -30,13 +30,15 @@
 //!   joined thread, or one ordered by a channel) is fully included. A record racing with the
 //!   snapshot may be missing or partly included (its bucket without its sum, say): bucket counts
 //!   never exceed what was recorded, `count` is the sum of the bucket counts (so quantiles always
-//!   agree with `count`), and `sum`/`min`/`max` may reflect a racing record the buckets do not.
+//!   agree with `count`); `sum`/`min`/`max` include every counted value and may also reflect a
+//!   racing record the buckets do not count yet.
 //!   Nothing is ever lost: a later snapshot sees it.
 //! - **Precision.** Buckets are log-linear: every value below 256 has its own bucket, above that
 //!   128 sub-buckets per power of two (each at most 1/128 ≈ 0.78% of its lower bound wide) up to
 //!   2^44 ns ≈ 4.9 h; larger values are counted in the last bucket. `count`, `sum`, `min` and `max`
-//!   are exact; [`Snapshot::quantile`] returns its bucket's midpoint clamped to `[min, max]`, within
-//!   0.4% of the exact nearest-rank quantile.
+//!   are exact (`sum` wraps modulo 2^64); [`Snapshot::quantile`] returns its bucket's midpoint
+//!   clamped to `[min, max]`, within 0.4% of the exact nearest-rank quantile for values below
+//!   2^44 (beyond that only the clamp bounds it).
 //! - **Exposition** ([`Registry::render_prometheus`]) follows the text format 0.0.4. Histograms
 //!   expose a bounded set of `le` boundaries ([`HistogramOpts`]), cumulative and ending in
 //!   `+Inf`, derived from the fine buckets: a boundary counts the internal buckets that lie wholly
