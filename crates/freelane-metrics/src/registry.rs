@@ -139,8 +139,9 @@ impl Default for HistogramOpts {
     }
 }
 
-type ValueFn = Box<dyn Fn() -> f64 + Send + Sync>;
+type ValueFn = Arc<dyn Fn() -> f64 + Send + Sync>;
 
+#[derive(Clone)]
 enum Metric {
     Counter(Arc<Counter>),
     Gauge(Arc<Gauge>),
@@ -395,7 +396,7 @@ impl Registry {
         labels: &[(&str, &str)],
         f: impl Fn() -> f64 + Send + Sync + 'static,
     ) -> Result<(), MetricError> {
-        self.callback(name, help, labels, Kind::Counter, Box::new(f))
+        self.callback(name, help, labels, Kind::Counter, Arc::new(f))
     }
 
     /// Registers a gauge whose value is read from `f` at exposition time.
@@ -406,7 +407,7 @@ impl Registry {
         labels: &[(&str, &str)],
         f: impl Fn() -> f64 + Send + Sync + 'static,
     ) -> Result<(), MetricError> {
-        self.callback(name, help, labels, Kind::Gauge, Box::new(f))
+        self.callback(name, help, labels, Kind::Gauge, Arc::new(f))
     }
 
     fn callback(
@@ -431,27 +432,51 @@ impl Registry {
     /// Renders every family in the Prometheus text exposition format 0.0.4 (`# HELP`, `# TYPE`,
     /// one line per series; histograms as cumulative `_bucket{le=...}` including `+Inf`, then
     /// `_sum` and `_count`). Families are sorted by name, series by registration order.
+    ///
+    /// The registry's lock is held only to copy the list of families (names, labels and shared
+    /// handles of the metrics); metrics are read and callbacks run after it is released, so a
+    /// callback may itself register metrics or render without deadlocking.
     pub fn render_prometheus(&self) -> String {
-        let families = self.families.lock().unwrap_or_else(|e| e.into_inner());
+        type SeriesView = (Vec<(String, String)>, Metric);
+        let families: Vec<(String, Family, Vec<SeriesView>)> = {
+            let families = self.families.lock().unwrap_or_else(|e| e.into_inner());
+            families
+                .iter()
+                .map(|(name, fam)| {
+                    let series = fam
+                        .series
+                        .iter()
+                        .map(|s| (s.labels.clone(), s.metric.clone()))
+                        .collect();
+                    let head = Family {
+                        help: fam.help.clone(),
+                        kind: fam.kind,
+                        opts: fam.opts.clone(),
+                        series: Vec::new(),
+                    };
+                    (name.clone(), head, series)
+                })
+                .collect()
+        };
         let mut out = String::new();
-        for (name, fam) in families.iter() {
+        for (name, fam, series) in &families {
             let _ = writeln!(out, "# HELP {name} {}", escape_help(&fam.help));
             let _ = writeln!(out, "# TYPE {name} {}", fam.kind.as_str());
-            for s in &fam.series {
-                match &s.metric {
+            for (series_labels, metric) in series {
+                match metric {
                     Metric::Counter(c) => {
-                        let _ = writeln!(out, "{name}{} {}", labels(&s.labels, None), c.get());
+                        let _ = writeln!(out, "{name}{} {}", labels(series_labels, None), c.get());
                     }
                     Metric::Gauge(g) => {
-                        let _ = writeln!(out, "{name}{} {}", labels(&s.labels, None), g.get());
+                        let _ = writeln!(out, "{name}{} {}", labels(series_labels, None), g.get());
                     }
                     Metric::Callback(f) => {
-                        let _ =
-                            writeln!(out, "{name}{} {}", labels(&s.labels, None), fmt_float(f()));
+                        let v = fmt_float(f());
+                        let _ = writeln!(out, "{name}{} {v}", labels(series_labels, None));
                     }
                     Metric::Histogram(h) => {
                         let opts = fam.opts.as_ref().cloned().unwrap_or_default();
-                        render_histogram(&mut out, name, &s.labels, h, &opts);
+                        render_histogram(&mut out, name, series_labels, h, &opts);
                     }
                 }
             }
@@ -562,6 +587,43 @@ impl fmt::Debug for Registry {
 #[cfg(all(test, not(freelane_loom)))]
 mod tests {
     use super::*;
+
+    /// A callback that registers a metric and renders the registry (re-entering it) while the
+    /// registry renders: it used to run under the registry's lock and deadlock.
+    #[test]
+    fn callbacks_run_outside_the_registry_lock() {
+        use std::sync::atomic::{AtomicBool, Ordering as O};
+        let r = Arc::new(Registry::new());
+        let inner = Arc::clone(&r);
+        let nested = AtomicBool::new(false);
+        r.gauge_fn(
+            "reentrant",
+            "a callback that uses the registry",
+            &[],
+            move || {
+                inner
+                    .counter("registered_from_callback", "made while rendering", &[])
+                    .inc();
+                // Render once from inside (the nested render's own call returns at once).
+                // Relaxed: a recursion guard used on one thread at a time.
+                if nested.swap(true, O::Relaxed) {
+                    return 0.0;
+                }
+                let len = inner.render_prometheus().len() as f64;
+                nested.store(false, O::Relaxed);
+                len
+            },
+        )
+        .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let r2 = Arc::clone(&r);
+        std::thread::spawn(move || tx.send(r2.render_prometheus()).unwrap());
+        let text = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("render_prometheus deadlocked on a callback that uses the registry");
+        assert!(text.contains("# TYPE reentrant gauge"), "{text}");
+        assert!(r.render_prometheus().contains("# TYPE registered_from_callback counter"));
+    }
 
     #[test]
     fn same_name_and_labels_return_the_same_metric() {
