@@ -622,7 +622,9 @@ mod tests {
             .recv_timeout(std::time::Duration::from_secs(30))
             .expect("render_prometheus deadlocked on a callback that uses the registry");
         assert!(text.contains("# TYPE reentrant gauge"), "{text}");
-        assert!(r.render_prometheus().contains("# TYPE registered_from_callback counter"));
+        assert!(r
+            .render_prometheus()
+            .contains("# TYPE registered_from_callback counter"));
     }
 
     #[test]
