@@ -139,7 +139,9 @@ impl Default for HistogramOpts {
     }
 }
 
-type ValueFn = Arc<dyn Fn() -> f64 + Send + Sync>;
+/// A callback; std's `Arc` even under loom (loom's `Arc` does not coerce to `dyn`, and callbacks
+/// are not part of any modelled protocol).
+type ValueFn = std::sync::Arc<dyn Fn() -> f64 + Send + Sync>;
 
 #[derive(Clone)]
 enum Metric {
@@ -396,7 +398,7 @@ impl Registry {
         labels: &[(&str, &str)],
         f: impl Fn() -> f64 + Send + Sync + 'static,
     ) -> Result<(), MetricError> {
-        self.callback(name, help, labels, Kind::Counter, Arc::new(f))
+        self.callback(name, help, labels, Kind::Counter, std::sync::Arc::new(f))
     }
 
     /// Registers a gauge whose value is read from `f` at exposition time.
@@ -407,7 +409,7 @@ impl Registry {
         labels: &[(&str, &str)],
         f: impl Fn() -> f64 + Send + Sync + 'static,
     ) -> Result<(), MetricError> {
-        self.callback(name, help, labels, Kind::Gauge, Arc::new(f))
+        self.callback(name, help, labels, Kind::Gauge, std::sync::Arc::new(f))
     }
 
     fn callback(
