@@ -596,13 +596,17 @@ mod tests {
     fn callbacks_run_outside_the_registry_lock() {
         use std::sync::atomic::{AtomicBool, Ordering as O};
         let r = Arc::new(Registry::new());
-        let inner = Arc::clone(&r);
+        // Weak: the registry owns the callback, so a strong handle would be a cycle (a leak).
+        let inner = Arc::downgrade(&r);
         let nested = AtomicBool::new(false);
         r.gauge_fn(
             "reentrant",
             "a callback that uses the registry",
             &[],
             move || {
+                let Some(inner) = inner.upgrade() else {
+                    return 0.0;
+                };
                 inner
                     .counter("registered_from_callback", "made while rendering", &[])
                     .inc();
