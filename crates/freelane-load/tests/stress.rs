@@ -116,3 +116,36 @@ fn guards_moved_across_threads_release_exactly_once() {
     assert_eq!(n, OPS);
     assert_eq!(board.load(GpuId(0)) + board.load(GpuId(1)), 0);
 }
+
+/// More threads than the board has statistics rows: the first threads own a row (plain load and
+/// store), the rest share one (RMWs). Allocation counts must stay exact either way, also while a
+/// reader sums the rows.
+#[test]
+fn allocation_counts_stay_exact_with_more_threads_than_rows() {
+    const MANY: usize = if cfg!(miri) { 20 } else { 40 };
+    const EACH: u64 = if cfg!(miri) { 20 } else { 20_000 };
+    let board = Arc::new(LoadBoard::new(3));
+    let start = Arc::new(Barrier::new(MANY));
+    let handles: Vec<_> = (0..MANY)
+        .map(|_| {
+            let (board, start) = (Arc::clone(&board), Arc::clone(&start));
+            thread::spawn(move || {
+                start.wait();
+                for _ in 0..EACH {
+                    drop(board.acquire(GpuId(1), 1));
+                    // The total never exceeds what has been started so far.
+                    assert!(board.stats(GpuId(1)).unwrap().allocations <= MANY as u64 * EACH);
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let s = board.stats(GpuId(1)).unwrap();
+    assert_eq!(
+        (s.allocations, s.releases, s.in_flight),
+        (MANY as u64 * EACH, MANY as u64 * EACH, 0)
+    );
+    assert_eq!(board.stats(GpuId(0)).unwrap().allocations, 0);
+}
