@@ -123,8 +123,9 @@ impl HealthConfigBuilder {
         self.config.recover_after_heartbeats = n;
         self
     }
-    /// Silence after the last heartbeat that makes a GPU Unhealthy (default 5 s; at least 1 ns
-    /// and at most about 584 years).
+    /// Silence after the last heartbeat that makes a GPU Unhealthy (default 5 s; at least 1 ns).
+    /// Longer than about 584 years (`u64::MAX` nanoseconds) is clamped to that, i.e. a timeout
+    /// that never fires.
     pub fn heartbeat_timeout(mut self, timeout: Duration) -> Self {
         self.config.heartbeat_timeout_ns = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
         self

@@ -33,7 +33,7 @@
 //! |---|---|---|
 //! | Healthy | Degraded | a failure brings consecutive failures to `degrade_after_failures`, or the error-rate EWMA to `degraded_error_rate` |
 //! | Degraded | Unhealthy | a failure brings consecutive failures to `unhealthy_after_failures`, or the EWMA to `unhealthy_error_rate` |
-//! | Unhealthy | Recovering | `recover_after_heartbeats` heartbeats since it became Unhealthy, without a heartbeat timeout in between; entering Recovering resets the EWMA and the consecutive counters |
+//! | Unhealthy | Recovering | `recover_after_heartbeats` heartbeats since it became Unhealthy, each newer than the one before and none `heartbeat_timeout` or more after it; entering Recovering resets the EWMA and the consecutive counters |
 //! | Recovering | Healthy | `recover_after_successes` consecutive successes |
 //! | Degraded | Healthy | `recover_after_successes` consecutive successes and the EWMA below `degraded_error_rate` |
 //! | Recovering | Unhealthy | any failure (the probe failed) |
@@ -58,10 +58,14 @@
 //!   one write in progress (a reader can see the new state a moment before the new record).
 //!   A reader that observes a state also observes the transition count that led to it
 //!   (Release/Acquire).
-//! - **Progress.** Readers never write shared memory and never block writers; a read is
-//!   wait-free when no writer is active, lock-free otherwise. Writers (reports, heartbeats)
-//!   exclude each other per GPU with a spin lock held only for a few dozen instructions; an
-//!   update closure that panics leaves the record unchanged and releases the lock.
+//! - **Progress.** Readers never write shared memory and never block writers. A reader waits
+//!   only while a writer stores a new record's words (the state machine runs on a copy before
+//!   that, so readers never wait for it); a read is wait-free when no writer is in that window.
+//!   (A writer descheduled in the middle of its stores holds readers of that GPU's record until
+//!   it runs again, as with every seqlock; the hot `is_usable` read is one atomic load and never
+//!   waits.) Writers (reports, heartbeats) exclude each other per GPU with a spin lock held only
+//!   for a few dozen instructions; an update closure that panics leaves the record unchanged
+//!   and releases the lock.
 //! - **Bad input.** Unknown GPUs: `is_usable` is `false`, `state` is Unhealthy, every other
 //!   call returns [`HealthError::UnknownGpu`]; nothing panics. Config values are validated
 //!   by [`HealthConfigBuilder::build`].

@@ -18,11 +18,17 @@ use freelane_sync::Backoff;
 ///   only grows.
 /// - [`update`](Self::update) is an atomic read-modify-write: concurrent updates never lose each
 ///   other's changes.
-/// - Readers never write shared memory, so they never delay writers. A read is wait-free when
-///   no writer is active and lock-free otherwise (it retries only because a write happened).
-///   Writers wait only for each other.
-/// - If an `update` closure panics, the record keeps its previous value and the lock is
-///   released (the version still advances).
+/// - Readers never write shared memory, so they never delay writers. Readers never wait for
+///   an `update` closure either: the closure runs on a copy, and readers are held off only
+///   while the new record's words are stored (one store per 8 bytes). A read is wait-free when
+///   no writer is in that window; a reader retries only because a write happened meanwhile.
+///   (As with every seqlock, a writer descheduled in the middle of storing the words holds
+///   readers until it runs again: reads are not lock-free in the strict sense.) Writers wait
+///   only for each other.
+/// - If an `update` closure panics, the record keeps its previous value, the version does not
+///   change and the writer lock is released.
+/// - A closure may [`read`](Self::read) the same lock (it sees the record it is updating, as it
+///   was before the update) but must not `write` or `update` it: that waits for itself forever.
 ///
 /// # Implementation
 /// The sequence number and the record's bytes live together in one heap block of 64-byte
@@ -32,24 +38,44 @@ use freelane_sync::Backoff;
 /// with its sequence); the block is sized at construction because array lengths cannot depend on
 /// `size_of::<T>()` in stable generic code, and loom's atomics cannot be transmuted from plain
 /// memory. All loops run over the constant `WORDS`, so they unroll. `T: Pod` makes every byte
-/// pattern a valid `T`, so a reader rebuilds the value from the words it loaded. The sequence
-/// number is even when no write is in progress.
+/// pattern a valid `T`, so a reader rebuilds the value from the words it loaded.
 ///
-/// Writer: CAS the sequence from even `s` to `s + 1` (Acquire), `fence(Release)`, store the
-/// words (Relaxed), store `s + 2` (Release). Reader: load the sequence (Acquire; retry while
-/// odd), load the words (Relaxed), `fence(Acquire)`, reload the sequence (Relaxed) and retry if
-/// it changed. If a reader's Relaxed load observes any word of a write in progress, its
-/// Acquire fence synchronizes with that writer's Release fence, so the writer's odd sequence
-/// store happens-before the reader's reload, which therefore sees a different sequence and
-/// retries. If the reload equals the first load, no write overlapped and the Acquire load of
-/// the first sequence made the last complete write's words visible. This is Boehm's
+/// The sequence word is `4 * writes + LOCKED + STORING`: `LOCKED` (bit 1) is the writers' lock
+/// and readers ignore it; `STORING` (bit 0) is set only while the lock holder stores the words.
+/// The public version is `2 * writes`, plus one while storing.
+///
+/// Writer: CAS the sequence from `s` (both bits clear) to `s | LOCKED` (Acquire), load the
+/// words (Relaxed: the lock holder sees the latest), run the closure on the copy, store
+/// `s | LOCKED | STORING` (Relaxed), `fence(Release)`, store the words (Relaxed), store `s + 4`
+/// (Release). A panicking closure stores `s` back instead. Reader: load the sequence (Acquire;
+/// retry while `STORING`), load the words (Relaxed), `fence(Acquire)`, reload the sequence
+/// (Relaxed) and retry unless it equals the first load up to `LOCKED`. If a reader's Relaxed
+/// load observes any word of a write in progress, its Acquire fence synchronizes with that
+/// writer's Release fence, so the writer's `STORING` store happens-before the reader's reload,
+/// which therefore sees `STORING` or a later count, and retries. If the reload matches, no
+/// store of words overlapped, and the Acquire load of the first sequence (which reads the last
+/// unlock's Release store or the `LOCKED` CAS that continues its release sequence) made the
+/// last complete write's words visible. This is Boehm's
 /// fence-based recipe ("Can seqlocks get along with programming language memory models?");
 /// every access is atomic, so there is no data race in the Rust memory model.
 pub struct SeqLock<T> {
-    /// Word 0: the sequence (even: stable; odd: a writer is storing the words). Words
+    /// Word 0: the sequence (`4 * writes + LOCKED + STORING`, see the type docs). Words
     /// `1..=WORDS`: the record's bytes, 8 per word, native endianness, zero-padded at the end.
     lines: Box<[Line]>,
     _marker: PhantomData<T>,
+}
+
+/// Sequence bit: a writer is storing the words (readers retry).
+const STORING: u64 = 1;
+/// Sequence bit: a writer holds the lock (readers ignore it; other writers wait).
+const LOCKED: u64 = 2;
+/// Sequence increment per completed write.
+const WRITE: u64 = 4;
+
+/// The public version of a sequence word: twice the completed writes, plus one while storing.
+#[inline(always)]
+fn version_of(seq: u64) -> u64 {
+    (seq / WRITE) * 2 + (seq & STORING)
 }
 
 /// Eight words on one cache line.
@@ -128,10 +154,11 @@ impl<T: Pod> SeqLock<T> {
     /// One read attempt with the version: `None` if a writer was active during it.
     #[inline(always)]
     pub fn try_read_versioned(&self) -> Option<(T, u64)> {
-        // Acquire: pairs with the Release store of the even sequence in `unlock`, so the words
-        // of the write that stored `s1` (and all earlier ones) are visible to the loads below.
+        // Acquire: pairs with the Release store that ended the last write (`WriteGuard::drop`;
+        // a later `LOCKED` CAS continues its release sequence), so the words of that write (and
+        // all earlier ones) are visible to the loads below.
         let s1 = self.seq().load(Ordering::Acquire);
-        if s1 & 1 == 1 {
+        if s1 & STORING != 0 {
             return None;
         }
         let mut value = T::zeroed();
@@ -142,60 +169,63 @@ impl<T: Pod> SeqLock<T> {
         fence(Ordering::Acquire);
         // Relaxed: ordered after the word loads by the fence above.
         let s2 = self.seq().load(Ordering::Relaxed);
-        (s1 == s2).then_some((value, s1))
+        ((s1 | LOCKED) == (s2 | LOCKED)).then_some((value, version_of(s1)))
     }
 
-    /// The version of the last completed write (even), or odd while a write is in progress.
+    /// The version of the last completed write (even: twice the number of writes), or odd while
+    /// a writer is storing a new record.
     pub fn version(&self) -> u64 {
-        // Acquire: pairs with `unlock`'s Release store, like the first load of a read.
-        self.seq().load(Ordering::Acquire)
+        // Acquire: pairs with the Release store that ended the last write, like a read's first
+        // load.
+        version_of(self.seq().load(Ordering::Acquire))
     }
 
     /// Replaces the record with `value`.
     pub fn write(&self, value: T) {
-        let guard = self.lock();
-        self.store_words(&value);
-        drop(guard);
+        self.lock().publish(&value);
     }
 
     /// Atomically applies `f` to the record (a read-modify-write under the writer lock) and
-    /// returns what `f` returns. `f` runs while other writers wait, so keep it short; readers
-    /// are not delayed (they keep seeing the previous record until the new one is complete).
-    /// If `f` panics the record is unchanged and the lock is released.
+    /// returns what `f` returns. `f` runs on a copy while other writers wait, so keep it short;
+    /// readers are not delayed by it (they see the previous record until the new one is
+    /// stored). If `f` panics the record and the version are unchanged and the lock is
+    /// released. `f` may read this lock but must not write or update it (that never returns).
     pub fn update<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
         let guard = self.lock();
         let mut value = T::zeroed();
         // Holding the writer lock: these Relaxed loads see the latest words, because the lock's
-        // Acquire CAS synchronized with the previous writer's Release unlock.
+        // Acquire CAS synchronized with the previous writer's Release store that ended its
+        // write.
         self.load_words(&mut value);
         let r = f(&mut value);
-        self.store_words(&value);
-        drop(guard);
+        guard.publish(&value);
         r
     }
 
-    /// Takes the writer lock: the sequence goes from even `s` to `s + 1`.
+    /// Takes the writer lock: the sequence goes from `s` to `s | LOCKED`. Readers ignore the bit.
     fn lock(&self) -> WriteGuard<'_, T> {
         let mut backoff = Backoff::new();
         loop {
             // Relaxed: only a hint whether to try the CAS; the CAS below validates it.
             let s = self.seq().load(Ordering::Relaxed);
-            if s & 1 == 0 {
+            if s & LOCKED == 0 {
+                debug_assert_eq!(s & STORING, 0, "STORING is only set under the lock");
                 match self.seq().compare_exchange_weak(
                     s,
-                    s + 1,
-                    // Acquire: pairs with the previous writer's Release store in `unlock`, so
-                    // its word stores happen-before ours (update() reads the latest record and
-                    // no update is lost).
+                    s | LOCKED,
+                    // Acquire: pairs with the previous writer's Release store that ended its
+                    // write, so its word stores happen-before our loads and stores (update()
+                    // reads the latest record and no update is lost).
                     Ordering::Acquire,
                     // Relaxed: failure just retries.
                     Ordering::Relaxed,
                 ) {
                     Ok(_) => {
-                        // Release: orders the odd sequence store above before the word stores
-                        // that follow; pairs with the reader's Acquire fence in `try_read`.
-                        fence(Ordering::Release);
-                        return WriteGuard { lock: self, seq: s };
+                        return WriteGuard {
+                            lock: self,
+                            seq: s,
+                            published: false,
+                        }
                     }
                     Err(_) => backoff.spin(),
                 }
@@ -237,17 +267,41 @@ impl<T: Pod> SeqLock<T> {
     }
 }
 
-/// Releases the writer lock on drop (also when an `update` closure panics).
+/// The writer lock: stores a new record with `publish`; releases the lock on drop (also when an
+/// `update` closure panics, leaving the record and the version as they were).
 struct WriteGuard<'a, T> {
     lock: &'a SeqLock<T>,
+    /// The sequence before the lock was taken (`LOCKED` and `STORING` clear).
     seq: u64,
+    /// Whether `publish` stored a new record.
+    published: bool,
+}
+
+impl<T: Pod> WriteGuard<'_, T> {
+    /// Stores `value` as the new record and releases the lock.
+    fn publish(mut self, value: &T) {
+        let seq = self.lock.seq();
+        // Relaxed: ordered before the word stores by the fence below.
+        seq.store(self.seq | LOCKED | STORING, Ordering::Relaxed);
+        // Release: orders the STORING store above before the word stores that follow; pairs
+        // with the reader's Acquire fence in `try_read_versioned`.
+        fence(Ordering::Release);
+        self.lock.store_words(value);
+        self.published = true;
+    }
 }
 
 impl<T> Drop for WriteGuard<'_, T> {
     fn drop(&mut self) {
+        let next = if self.published {
+            self.seq + WRITE
+        } else {
+            self.seq
+        };
         // Release: publishes this write's word stores to readers whose Acquire load of the
-        // sequence sees `seq + 2`, and to the next writer's Acquire CAS.
-        self.lock.seq().store(self.seq + 2, Ordering::Release);
+        // sequence sees `next`, and (with everything this writer saw) to the next writer's
+        // Acquire CAS.
+        self.lock.seq().store(next, Ordering::Release);
     }
 }
 
@@ -267,7 +321,7 @@ impl<T> fmt::Debug for SeqLock<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SeqLock")
             // Relaxed: diagnostic only.
-            .field("version", &self.seq().load(Ordering::Relaxed))
+            .field("version", &version_of(self.seq().load(Ordering::Relaxed)))
             .field("lines", &self.lines.len())
             .finish_non_exhaustive()
     }
@@ -343,6 +397,40 @@ mod tests {
     }
 
     #[test]
+    fn readers_do_not_wait_for_an_update_closure() {
+        let l = std::sync::Arc::new(SeqLock::new([1u64, 1]));
+        let (inside_tx, inside_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let w = std::sync::Arc::clone(&l);
+        let writer = std::thread::spawn(move || {
+            w.update(|v| {
+                inside_tx.send(()).unwrap();
+                // Hold the closure open until the reader has read.
+                done_rx.recv().unwrap();
+                *v = [2, 2];
+            })
+        });
+        inside_rx.recv().unwrap();
+        // The closure is running: a read succeeds at once with the previous record.
+        assert_eq!(l.try_read_versioned(), Some(([1, 1], 0)));
+        assert_eq!(l.version(), 0);
+        done_tx.send(()).unwrap();
+        writer.join().unwrap();
+        assert_eq!(l.read_versioned(), ([2, 2], 2));
+    }
+
+    #[test]
+    fn an_update_closure_may_read_its_own_lock() {
+        let l = SeqLock::new(5u64);
+        let seen = l.update(|v| {
+            *v = 6;
+            l.read()
+        });
+        assert_eq!(seen, 5);
+        assert_eq!(l.read_versioned(), (6, 2));
+    }
+
+    #[test]
     fn panicking_update_leaves_the_record_and_releases_the_lock() {
         let l = SeqLock::new(7u32);
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -352,8 +440,8 @@ mod tests {
             })
         }));
         assert!(r.is_err());
-        assert_eq!(l.read(), 7);
-        assert_eq!(l.version() & 1, 0);
+        assert_eq!(l.read_versioned(), (7, 0));
+        assert_eq!(l.version(), 0);
         l.write(8);
         assert_eq!(l.read(), 8);
     }

@@ -82,20 +82,21 @@ pub struct GpuRecord {
     pub last_heartbeat_ns: u64,
     /// Successes ever reported.
     pub successes: u64,
-    /// Failures ever reported (including forced marks).
+    /// Failures ever reported, including forced marks ([`HealthTable::mark_unhealthy`]).
     pub failures: u64,
     /// Device memory in use, bytes, as last reported (0 if unknown).
     pub memory_used_bytes: u64,
-    /// Error-rate EWMA in `[0, 1]` (1 per failure, 0 per success). Reset to 0 on entering
-    /// Recovering.
+    /// Error-rate EWMA in `[0, 1]` (1 per reported failure, 0 per success; forced marks do not
+    /// enter it). Reset to 0 on entering Recovering.
     pub error_rate: f64,
     /// Latency EWMA of successful requests, nanoseconds (0 before the first success).
     pub latency_ewma_ns: f64,
-    /// Failures since the last success.
+    /// Reported failures since the last success (forced marks are not counted here).
     pub consecutive_failures: u32,
     /// Successes since the last failure (reset on entering Recovering).
     pub consecutive_successes: u32,
-    /// Heartbeats since becoming Unhealthy (or since its last heartbeat timeout).
+    /// Heartbeats since becoming Unhealthy (or since its last heartbeat timeout), counting only
+    /// heartbeats newer than the previous one.
     pub heartbeats_since_unhealthy: u32,
     /// The state (`GpuState as u32`); use [`GpuRecord::state`].
     pub state: u32,
@@ -281,7 +282,9 @@ pub(crate) fn step(
             rec.consecutive_failures = 0;
             rec.error_rate *= 1.0 - a;
             let l = latency_ns as f64;
-            rec.latency_ewma_ns = if rec.latency_ewma_ns == 0.0 {
+            // The first success sets the average (a 0 ns sample must not look like "no sample
+            // yet" to the next one).
+            rec.latency_ewma_ns = if rec.successes == 1 {
                 l
             } else {
                 rec.latency_ewma_ns + a * (l - rec.latency_ewma_ns)
@@ -318,8 +321,15 @@ pub(crate) fn step(
             }
         }
         Event::Heartbeat { now_ns } => {
-            rec.last_heartbeat_ns = rec.last_heartbeat_ns.max(now_ns);
-            if state == Unhealthy {
+            let previous = rec.last_heartbeat_ns;
+            rec.last_heartbeat_ns = previous.max(now_ns);
+            if state == Unhealthy && now_ns > previous {
+                // Only a heartbeat newer than the last one counts toward recovery (a late or
+                // duplicate one says nothing new), and a silence of `heartbeat_timeout` since
+                // the last one restarts the count even if no `check_heartbeats` ran during it.
+                if now_ns - previous >= c.heartbeat_timeout_ns {
+                    rec.heartbeats_since_unhealthy = 0;
+                }
                 rec.heartbeats_since_unhealthy = rec.heartbeats_since_unhealthy.saturating_add(1);
                 (rec.heartbeats_since_unhealthy >= c.recover_after_heartbeats)
                     .then_some((Recovering, Cause::Heartbeats))

@@ -170,6 +170,57 @@ fn a_heartbeat_timeout_restarts_the_recovery_countdown() {
 }
 
 #[test]
+fn a_heartbeat_gap_of_the_timeout_restarts_the_countdown_without_a_check() {
+    // No `check_heartbeats` runs during the gap: the heartbeat itself notices it.
+    let (t, t0) = table(1);
+    t.mark_unhealthy(G0).unwrap();
+    assert_eq!(t.heartbeat(G0, ms(t0, 10)).unwrap(), None);
+    assert_eq!(t.heartbeat(G0, ms(t0, 5010)).unwrap(), None);
+    assert_eq!(t.state(G0), GpuState::Unhealthy);
+    assert_eq!(t.record(G0).unwrap().heartbeats_since_unhealthy, 1);
+    // Just under the timeout (1 s) still counts as consecutive.
+    assert_eq!(
+        t.heartbeat(G0, ms(t0, 6009)).unwrap().map(|x| x.to),
+        Some(GpuState::Recovering)
+    );
+}
+
+#[test]
+fn stale_or_duplicate_heartbeats_do_not_count_toward_recovery() {
+    let (t, t0) = table(1);
+    let moved = t.check_heartbeats(ms(t0, 10_000));
+    assert_eq!(moved.len(), 1);
+    t.heartbeat(G0, ms(t0, 10_100)).unwrap();
+    // Late heartbeats stamped before the last one, and a duplicate of it.
+    assert_eq!(t.heartbeat(G0, ms(t0, 1)).unwrap(), None);
+    assert_eq!(t.heartbeat(G0, ms(t0, 2)).unwrap(), None);
+    assert_eq!(t.heartbeat(G0, ms(t0, 10_100)).unwrap(), None);
+    let rec = t.record(G0).unwrap();
+    assert_eq!(
+        (rec.state(), rec.heartbeats_since_unhealthy),
+        (GpuState::Unhealthy, 1)
+    );
+    assert_eq!(
+        rec.last_heartbeat_ns, 10_100_000_000,
+        "never goes backwards"
+    );
+    assert_eq!(
+        t.heartbeat(G0, ms(t0, 10_200)).unwrap().map(|x| x.to),
+        Some(GpuState::Recovering)
+    );
+}
+
+#[test]
+fn a_zero_latency_first_sample_is_averaged_like_any_other() {
+    let (t, _) = table(1);
+    t.report_success(G0, Duration::ZERO).unwrap();
+    assert_eq!(t.record(G0).unwrap().latency_ewma_ns, 0.0);
+    t.report_success(G0, Duration::from_nanos(1000)).unwrap();
+    // alpha 0.1: 0 + 0.1 * (1000 - 0).
+    assert_eq!(t.record(G0).unwrap().latency_ewma_ns, 100.0);
+}
+
+#[test]
 fn mark_unhealthy_on_an_unhealthy_gpu_counts_no_transition() {
     let (t, _) = table(1);
     assert!(t.mark_unhealthy(G0).unwrap().is_some());

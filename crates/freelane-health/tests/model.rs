@@ -11,6 +11,8 @@ enum Ev {
     Success(u32),
     Failure,
     Heartbeat(u32),
+    /// A heartbeat stamped this many ms before the current time (delivered late).
+    LateHeartbeat(u32),
     Check(u32),
     Mark,
 }
@@ -20,6 +22,7 @@ fn ev() -> impl Strategy<Value = Ev> {
         4 => (0..1000u32).prop_map(Ev::Success),
         4 => Just(Ev::Failure),
         3 => (0..400u32).prop_map(Ev::Heartbeat),
+        1 => (0..400u32).prop_map(Ev::LateHeartbeat),
         2 => (0..400u32).prop_map(Ev::Check),
         1 => Just(Ev::Mark),
     ]
@@ -120,9 +123,14 @@ impl Plain {
                     _ => None,
                 }
             }
-            Ev::Heartbeat(_) => {
-                self.last_heartbeat_ms = self.last_heartbeat_ms.max(now_ms);
-                if self.state == Unhealthy {
+            Ev::Heartbeat(_) | Ev::LateHeartbeat(_) => {
+                let previous = self.last_heartbeat_ms;
+                self.last_heartbeat_ms = previous.max(now_ms);
+                // Only a newer heartbeat counts; a gap of the timeout restarts the count.
+                if self.state == Unhealthy && now_ms > previous {
+                    if now_ms - previous >= c.timeout_ms {
+                        self.heartbeats = 0;
+                    }
                     self.heartbeats += 1;
                     if self.heartbeats >= c.recover_heartbeats {
                         return self.go(Recovering);
@@ -206,6 +214,10 @@ proptest! {
                     now_ms += u64::from(dt);
                     table.heartbeat(g, t0 + Duration::from_millis(now_ms)).unwrap()
                 }
+                Ev::LateHeartbeat(back) => {
+                    let stamp = now_ms.saturating_sub(u64::from(back));
+                    table.heartbeat(g, t0 + Duration::from_millis(stamp)).unwrap()
+                }
                 Ev::Check(dt) => {
                     now_ms += u64::from(dt);
                     let v = table.check_heartbeats(t0 + Duration::from_millis(now_ms));
@@ -214,7 +226,11 @@ proptest! {
                 }
                 Ev::Mark => table.mark_unhealthy(g).unwrap(),
             };
-            let want = plain.apply(&c, e, now_ms);
+            let stamp = match *e {
+                Ev::LateHeartbeat(back) => now_ms.saturating_sub(u64::from(back)),
+                _ => now_ms,
+            };
+            let want = plain.apply(&c, e, stamp);
             prop_assert_eq!(got.map(|t| (t.from, t.to)), want, "event {:?}", e);
             prop_assert_eq!(table.state(g), plain.state);
             prop_assert_eq!(table.is_usable(g), plain.state != GpuState::Unhealthy);
