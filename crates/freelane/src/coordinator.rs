@@ -464,12 +464,13 @@ impl<E: Executor> CoordinatorBuilder<E> {
             rec,
             observers,
             shutting_down: AtomicBool::new(false),
+            swept: Mutex::new(false),
             idle_mask: AtomicU64::new(0),
             stop: tokio::sync::Notify::new(),
         });
         Ok(Coordinator {
             inner,
-            tasks: Mutex::new(Vec::new()),
+            tasks: tokio::sync::Mutex::new(Vec::new()),
         })
     }
 }
@@ -547,6 +548,10 @@ struct Inner<E: Executor> {
     /// per-GPU reference count instead of one shared by every thread.
     observers: Box<[Arc<dyn Observer>]>,
     shutting_down: AtomicBool,
+    /// Set (under the lock) when the final sweep of the closed lanes begins: from then on a
+    /// push that finds its lane closed must answer what it pushed itself; before it, the lane's
+    /// worker or the final sweep will (see `pushed_to_closed`).
+    swept: Mutex<bool>,
     /// Bit g set while worker g (< 64) waits for work: a hint for backlog nudges.
     idle_mask: AtomicU64,
     stop: tokio::sync::Notify,
@@ -621,7 +626,10 @@ impl Observer for GpuObserver {
 /// [`shutdown`](Self::shutdown) to wait for that.
 pub struct Coordinator<E: Executor> {
     inner: Arc<Inner<E>>,
-    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Worker and supervisor tasks. An async lock: `shutdown` holds it while it waits for them,
+    /// so concurrent shutdowns wait for each other instead of sweeping lanes that workers are
+    /// still draining.
+    tasks: tokio::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl<E: Executor> Coordinator<E> {
@@ -645,7 +653,10 @@ impl<E: Executor> Coordinator<E> {
     }
 
     fn start_on(&self, rt: &tokio::runtime::Handle) {
-        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        let mut tasks = self
+            .tasks
+            .try_lock()
+            .expect("tasks are started once, before the coordinator is shared");
         for g in 0..self.inner.config.gpus {
             let inner = Arc::clone(&self.inner);
             tasks.push(rt.spawn(worker(inner, g)));
@@ -793,20 +804,27 @@ impl<E: Executor> Coordinator<E> {
     /// Graceful shutdown: stops admission (`submit` answers [`Rejected::ShuttingDown`]), lets the
     /// workers finish every queued request, waits for them, then fails anything left (requests
     /// that raced the close, or everything queued when no workers run) with
-    /// [`ErrorKind::ShuttingDown`]. Idempotent. It waits for batches already running: set an
+    /// [`ErrorKind::ShuttingDown`]. Idempotent: concurrent calls all return once the first has
+    /// finished, and a call whose future is dropped early leaves the rest of the wait to the
+    /// next one. It waits for batches already running: set an
     /// [`exec_timeout`](CoordinatorBuilder::exec_timeout) to bound that wait for an executor
     /// that may hang.
     pub async fn shutdown(&self) {
         self.inner.begin_shutdown();
-        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
-        for t in tasks {
-            if let Err(e) = t.await {
+        // Held across the wait: a second caller must not sweep the lanes while the workers
+        // still drain them (that would fail requests they were about to run).
+        let mut tasks = self.tasks.lock().await;
+        while let Some(last) = tasks.len().checked_sub(1) {
+            // Awaited through `&mut` and popped only once finished, so a cancelled call leaves
+            // the unfinished handles to the next caller.
+            let r = (&mut tasks[last]).await;
+            tasks.pop();
+            if let Err(e) = r {
                 tracing::error!(error = %e, "coordinator task ended abnormally");
             }
         }
-        for g in 0..self.inner.config.gpus {
-            self.inner.fail_closed_lane(g);
-        }
+        self.inner.final_sweep();
+        drop(tasks);
         tracing::info!("coordinator shut down");
     }
 
@@ -814,9 +832,7 @@ impl<E: Executor> Coordinator<E> {
     /// with [`ErrorKind::ShuttingDown`] (workers, if any, stop after their current batch).
     pub fn shutdown_now(&self) {
         self.inner.begin_shutdown();
-        for g in 0..self.inner.config.gpus {
-            self.inner.fail_closed_lane(g);
-        }
+        self.inner.final_sweep();
     }
 }
 
@@ -895,7 +911,7 @@ impl<E: Executor> Inner<E> {
         match self.lanes[g].try_push(entry) {
             Ok(Pushed::Open) => Ok(handle),
             Ok(Pushed::Closed) => {
-                self.fail_closed_lane(g);
+                self.pushed_to_closed(g);
                 Ok(handle)
             }
             Err(Full(mut e)) => {
@@ -1179,7 +1195,7 @@ impl<E: Executor> Inner<E> {
         e.extra_mut().guard = Some(guard);
         let t = target.index();
         if self.lanes[t].push_front(e) == Pushed::Closed {
-            self.fail_closed_lane(t);
+            self.pushed_to_closed(t);
         }
         Ok(())
     }
@@ -1234,6 +1250,28 @@ impl<E: Executor> Inner<E> {
     }
 
     /// Drains lane `g` and answers everything `Failed(ShuttingDown)` (after close).
+    /// The final sweep of a shutdown: answers everything left in the (closed) lanes, and makes
+    /// every later push onto a closed lane answer what it pushed itself.
+    fn final_sweep(&self) {
+        let mut swept = self.swept.lock().unwrap_or_else(|e| e.into_inner());
+        *swept = true;
+        for g in 0..self.lanes.len() {
+            self.fail_closed_lane(g);
+        }
+    }
+
+    /// A push found lane `g` closed. Before the final sweep, the entry is left in the lane:
+    /// the lane's worker (still draining) or the sweep answers it, so requests queued there
+    /// earlier are not failed with it. After the sweep has begun the pusher drains the lane
+    /// itself. The lock orders this check against the sweep: either the sweep runs after our
+    /// push and takes the entry, or we see `swept` and take it.
+    fn pushed_to_closed(&self, g: usize) {
+        let swept = self.swept.lock().unwrap_or_else(|e| e.into_inner());
+        if *swept {
+            self.fail_closed_lane(g);
+        }
+    }
+
     fn fail_closed_lane(&self, g: usize) {
         let now = Instant::now();
         let lane = &self.lanes[g];
