@@ -240,7 +240,10 @@ impl LaneExecutor {
             for (i, generation) in outcome.finished {
                 let _ = batch.finish(i, generation);
             }
-            if !batch.is_full() && batch.refill() > 0 {
+            // Refill after every step, even when the batch is full (it then takes nothing): each
+            // refill is the lane's heartbeat, and a full batch that ran for longer than the
+            // heartbeat timeout without one would be failed over as a hung GPU.
+            if batch.refill() > 0 {
                 self.admit_joined(batch);
             }
         }
