@@ -182,7 +182,7 @@ impl ApiError {
             format!("request body exceeds the limit of {limit} bytes"),
         )
     }
-    /// 429 with `Retry-After: 1`.
+    /// 429 with `Retry-After: 1` (the backend replaces it with the coordinator's estimate).
     pub fn overloaded(message: impl Into<String>) -> Self {
         let mut e = Self::new(
             StatusCode::TOO_MANY_REQUESTS,

@@ -93,7 +93,9 @@ pub struct Args {
     #[arg(long, env = "FREELANE_MAX_WAIT_US", default_value_t = 2000)]
     pub max_wait_us: u64,
 
-    /// Admission capacity: most requests queued or executing at once (429 beyond).
+    /// Admission capacity: most requests waiting in the queues at once (429 beyond). A request
+    /// leaves the queue when a batch takes it, so at most `max_queue + gpus * max_batch_size`
+    /// are in flight.
     #[arg(long, env = "FREELANE_MAX_QUEUE", default_value_t = 1024)]
     pub max_queue: usize,
 
