@@ -32,8 +32,9 @@ pub mod http;
 pub mod logging;
 pub mod model;
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 
@@ -48,6 +49,11 @@ pub struct App {
     pub router: Router,
     /// Shared state; `state.backend` holds the coordinator.
     pub state: Arc<AppState>,
+    /// How long `serve` waits for open connections after the shutdown signal before closing
+    /// them: the request timeout plus 2 s, by which time every accepted request has been
+    /// answered (its deadline has passed); what is left is a client that has not finished
+    /// sending a request (never accepted) or an idle keep-alive connection.
+    pub shutdown_grace: Duration,
 }
 
 /// Builds the server for `config`: weights, executor, coordinator, router. Must be called inside
@@ -62,12 +68,15 @@ pub fn build_app(config: &Config) -> Result<App, StartError> {
     Ok(App {
         router: http::router(state.clone()),
         state,
+        shutdown_grace: config.request_timeout + Duration::from_secs(2),
     })
 }
 
 impl App {
     /// Serves on `listener` until `shutdown` resolves, then shuts down gracefully: stops
-    /// accepting, waits for every in-flight request to be answered, stops the coordinator.
+    /// accepting, waits for every in-flight request to be answered (at most
+    /// [`shutdown_grace`](Self::shutdown_grace); a client still sending its request then is cut
+    /// off), stops the coordinator.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
@@ -75,12 +84,31 @@ impl App {
     ) -> std::io::Result<()> {
         let addr = listener.local_addr()?;
         tracing::info!(%addr, executor = self.state.backend.executor_name(), "listening");
-        let result = axum::serve(listener, self.router)
+        let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
+        let serve = axum::serve(listener, self.router)
             .with_graceful_shutdown(async move {
                 shutdown.await;
                 tracing::info!("shutdown requested: answering in-flight requests");
+                let _ = signalled_tx.send(());
             })
-            .await;
+            .into_future();
+        let grace = self.shutdown_grace;
+        let deadline = async move {
+            if signalled_rx.await.is_ok() {
+                tokio::time::sleep(grace).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        let result = tokio::select! {
+            r = serve => r,
+            () = deadline => {
+                // Graceful shutdown waits for every connection; a client that never finishes
+                // sending its request (or a hung response) must not hold the process forever.
+                tracing::warn!(?grace, "connections still open after the shutdown grace period; closing them");
+                Ok(())
+            }
+        };
         self.state.backend.shutdown().await;
         tracing::info!("all requests answered");
         result

@@ -205,3 +205,39 @@ async fn sigterm_answers_in_flight_requests_flushes_logs_and_exits_zero() {
         "{seen:#?}"
     );
 }
+
+#[test]
+fn a_client_that_never_finishes_its_request_cannot_hold_shutdown() {
+    use std::io::Write;
+    let mut child = server(&[
+        "--port",
+        "0",
+        "--executor",
+        "sim",
+        "--request-timeout-ms",
+        "300",
+    ])
+    .spawn()
+    .unwrap();
+    let rx = stderr_lines(&mut child);
+    let mut seen = Vec::new();
+    let line = wait_for(&rx, "listening", &mut seen).unwrap_or_else(|| panic!("{seen:#?}"));
+    // Half a request: the headers never end.
+    let mut stalled = std::net::TcpStream::connect(listen_addr(&line)).unwrap();
+    stalled
+        .write_all(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    sigterm(&child);
+    let status = wait_exit(&mut child);
+    let took = t.elapsed();
+    assert!(status.success(), "{status:?}");
+    // Grace = request timeout + 2 s; the stalled client would otherwise hold it for good.
+    assert!(took < Duration::from_secs(10), "exit took {took:?}");
+    assert!(
+        took >= Duration::from_secs(2),
+        "exit took only {took:?}: was the client cut off early?"
+    );
+    drop(stalled);
+}
