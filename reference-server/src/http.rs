@@ -171,13 +171,32 @@ async fn serve_completion(state: &Arc<AppState>, req: CompletionRequest) -> Resp
             }
             Err(e) => e.into_response(),
         },
-        Some(rx) => {
+        Some(mut rx) => {
+            // The response head goes out with the first event, not at acceptance: a request
+            // that fails before its first token (deadline while queued, no usable GPU after a
+            // failover, shutdown, a GPU error) gets its real status code (504, 503, 500) instead
+            // of a 200 with an error event. Time to first token is unchanged.
+            let mut handle = handle;
+            let (first, outcome) = tokio::select! {
+                biased;
+                tok = rx.recv() => (tok, None),
+                outcome = &mut handle => (None, Some(outcome)),
+            };
+            let outcome = match (first, outcome) {
+                // The token sender is gone without a token: the answer is on its way.
+                (None, None) => Some((&mut handle).await),
+                (_, outcome) => outcome,
+            };
+            let ready = match outcome.map(Backend::finish) {
+                Some(Err(e)) => return e.into_response(),
+                other => other,
+            };
             let meta = StreamMeta {
                 id,
                 created,
                 model: state.model_name.clone(),
             };
-            let stream = sse_stream(meta, handle, rx);
+            let stream = sse_stream(meta, handle, rx, first, ready);
             Sse::new(stream)
                 .keep_alive(KeepAlive::default())
                 .into_response()
@@ -236,12 +255,16 @@ impl StreamMeta {
 }
 
 /// The SSE body: one chunk per decoded piece of text, a final chunk with `finish_reason`, then
-/// `data: [DONE]`. On failure, one `data: {"error": ...}` event and then `[DONE]`. Dropping the
-/// stream (client gone) drops the handle, which cancels the request.
+/// `data: [DONE]`. On a failure after the first token, one `data: {"error": ...}` event and
+/// then `[DONE]`. Dropping the stream (client gone) drops the handle, which cancels the request.
+/// `first` is a token byte the handler already took from `rx` (`None` if the sender closed);
+/// `ready` is the successful outcome when it arrived before any token.
 fn sse_stream(
     meta: StreamMeta,
     handle: freelane::Handle<Generation>,
     rx: tokio::sync::mpsc::UnboundedReceiver<u8>,
+    first: Option<u8>,
+    ready: Option<Result<Generation, ApiError>>,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     struct SseState {
         meta: StreamMeta,
@@ -249,18 +272,44 @@ fn sse_stream(
         rx: tokio::sync::mpsc::UnboundedReceiver<u8>,
         rx_open: bool,
         utf8: Utf8Stream,
+        pending: Option<u8>,
+        ready: Option<Result<Generation, ApiError>>,
         done_sent: bool,
     }
     let st = SseState {
         meta,
         handle: Some(handle),
+        // Without a first token the stream only drains `rx` after `ready`.
+        rx_open: first.is_some(),
         rx,
-        rx_open: true,
         utf8: Utf8Stream::default(),
+        pending: first,
+        ready,
         done_sent: false,
     };
     futures_util::stream::unfold(st, |mut st| async move {
         loop {
+            if let Some(b) = st.pending.take() {
+                let text = st.utf8.push(&[b]);
+                if !text.is_empty() {
+                    let ev = st.meta.chunk(text, None);
+                    return Some((Ok(ev), st));
+                }
+            }
+            if let Some(result) = st.ready.take() {
+                st.handle = None;
+                let mut rest = Vec::new();
+                while let Ok(b) = st.rx.try_recv() {
+                    rest.push(b);
+                }
+                let mut text = st.utf8.push(&rest);
+                text.push_str(&st.utf8.finish());
+                let last = match result {
+                    Ok(gen) => st.meta.chunk(text, Some(gen.finish)),
+                    Err(e) => Event::default().data(e.body().to_string()),
+                };
+                return Some((Ok(last), st));
+            }
             let Some(handle) = st.handle.as_mut() else {
                 if st.done_sent {
                     return None;

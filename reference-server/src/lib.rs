@@ -11,7 +11,9 @@
 //!
 //! # Guarantees
 //! - Every accepted request gets exactly one response: a completion, 504 (deadline), 503 (no
-//!   usable GPU or shutting down) or 500 (an executor error failover could not absorb).
+//!   usable GPU or shutting down) or 500 (an executor error failover could not absorb). A
+//!   streamed response starts with its first token, so the same codes apply to a stream that
+//!   fails before it; a failure after it is an error event in the stream.
 //! - A client that disconnects cancels its request: its handle is dropped with the handler's
 //!   future; a queued request is never executed, a running one leaves at the next step.
 //! - Graceful shutdown ([`App::serve`] when its signal fires): stop accepting connections,

@@ -614,3 +614,33 @@ async fn cpu_model_is_deterministic_for_a_seed_at_temperature_zero() {
     let c = TestServer::start(&["--executor", "cpu", "--seed", "43"]).await;
     assert_ne!(texts(&c, &prompts, false).await, solo);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_fails_before_its_first_token_gets_a_real_status() {
+    // The only GPU fails its first step: nothing is ever generated.
+    let s = TestServer::start(&[
+        "--executor",
+        "sim",
+        "--gpus",
+        "1",
+        "--sim-fail-gpu",
+        "0",
+        "--sim-fail-after",
+        "0",
+        "--sim-step-us",
+        "0",
+    ])
+    .await;
+    let r = s
+        .post_raw(json!({"prompt": "0", "max_tokens": 4, "stream": true}).to_string())
+        .await;
+    let status = r.status().as_u16();
+    let body: serde_json::Value = r.json().await.unwrap();
+    // The same answer as without streaming: an error status with a JSON error body, no SSE.
+    assert!(status == 500 || status == 503, "{status}: {body}");
+    assert!(body["error"]["code"].is_string(), "{body}");
+    assert_eq!(
+        s.metric("freelane_requests_total{status=\"200\"}").await,
+        Some(0.0)
+    );
+}
