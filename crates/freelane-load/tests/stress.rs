@@ -149,3 +149,30 @@ fn allocation_counts_stay_exact_with_more_threads_than_rows() {
     );
     assert_eq!(board.stats(GpuId(0)).unwrap().allocations, 0);
 }
+
+/// Threads come and go (as in a pool that replaces its threads): owned rows are handed from
+/// exiting threads to new ones, and the counts stay exact.
+#[test]
+fn allocation_counts_stay_exact_while_threads_come_and_go() {
+    const ROUNDS: usize = if cfg!(miri) { 4 } else { 50 };
+    const EACH: u64 = if cfg!(miri) { 10 } else { 2_000 };
+    let board = Arc::new(LoadBoard::new(2));
+    for _ in 0..ROUNDS {
+        let handles: Vec<_> = (0..3)
+            .map(|_| {
+                let board = Arc::clone(&board);
+                thread::spawn(move || {
+                    for _ in 0..EACH {
+                        drop(board.acquire(GpuId(0), 0));
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+    }
+    let s = board.stats(GpuId(0)).unwrap();
+    assert_eq!(s.allocations, (ROUNDS * 3) as u64 * EACH);
+    assert_eq!(s.in_flight, 0);
+}
