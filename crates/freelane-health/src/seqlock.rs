@@ -44,10 +44,11 @@ use freelane_sync::Backoff;
 /// and readers ignore it; `STORING` (bit 0) is set only while the lock holder stores the words.
 /// The public version is `2 * writes`, plus one while storing.
 ///
-/// Writer: CAS the sequence from `s` (both bits clear) to `s | LOCKED` (Acquire), load the
-/// words (Relaxed: the lock holder sees the latest), run the closure on the copy, store
-/// `s | LOCKED | STORING` (Relaxed), `fence(Release)`, store the words (Relaxed), store `s + 4`
-/// (Release). A panicking closure stores `s` back instead. Reader: load the sequence (Acquire;
+/// Writer (`update`): CAS the sequence from `s` (both bits clear) to `s | LOCKED` (Acquire),
+/// load the words (Relaxed: the lock holder sees the latest), run the closure on the copy,
+/// store `s | LOCKED | STORING` (Relaxed), `fence(Release)`, store the words (Relaxed), store
+/// `s + 4` (Release). A panicking closure stores `s` back instead. `write` has no closure, so
+/// its CAS sets both bits at once (then the fence and the stores as above). Reader: load the sequence (Acquire;
 /// retry while `STORING`), load the words (Relaxed), `fence(Acquire)`, reload the sequence
 /// (Relaxed) and retry unless it equals the first load up to `LOCKED`. If a reader's Relaxed
 /// load observes any word of a write in progress, its Acquire fence synchronizes with that
@@ -182,7 +183,8 @@ impl<T: Pod> SeqLock<T> {
 
     /// Replaces the record with `value`.
     pub fn write(&self, value: T) {
-        self.lock().publish(&value);
+        // Nothing runs between taking the lock and storing: set both bits in the one CAS.
+        self.lock(STORING).publish(&value);
     }
 
     /// Atomically applies `f` to the record (a read-modify-write under the writer lock) and
@@ -191,7 +193,7 @@ impl<T: Pod> SeqLock<T> {
     /// stored). If `f` panics the record and the version are unchanged and the lock is
     /// released. `f` may read this lock but must not write or update it (that never returns).
     pub fn update<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
-        let guard = self.lock();
+        let guard = self.lock(0);
         let mut value = T::zeroed();
         // Holding the writer lock: these Relaxed loads see the latest words, because the lock's
         // Acquire CAS synchronized with the previous writer's Release store that ended its
@@ -202,8 +204,10 @@ impl<T: Pod> SeqLock<T> {
         r
     }
 
-    /// Takes the writer lock: the sequence goes from `s` to `s | LOCKED`. Readers ignore the bit.
-    fn lock(&self) -> WriteGuard<'_, T> {
+    /// Takes the writer lock: the sequence goes from `s` to `s | LOCKED | storing` (`storing`
+    /// is `STORING` when the words are stored right away, as in `write`, else 0; readers ignore
+    /// `LOCKED`).
+    fn lock(&self, storing: u64) -> WriteGuard<'_, T> {
         let mut backoff = Backoff::new();
         loop {
             // Relaxed: only a hint whether to try the CAS; the CAS below validates it.
@@ -212,7 +216,7 @@ impl<T: Pod> SeqLock<T> {
                 debug_assert_eq!(s & STORING, 0, "STORING is only set under the lock");
                 match self.seq().compare_exchange_weak(
                     s,
-                    s | LOCKED,
+                    s | LOCKED | storing,
                     // Acquire: pairs with the previous writer's Release store that ended its
                     // write, so its word stores happen-before our loads and stores (update()
                     // reads the latest record and no update is lost).
@@ -221,11 +225,17 @@ impl<T: Pod> SeqLock<T> {
                     Ordering::Relaxed,
                 ) {
                     Ok(_) => {
+                        if storing != 0 {
+                            // Release: orders the STORING set by the CAS before the word stores
+                            // that follow; pairs with the reader's Acquire fence.
+                            fence(Ordering::Release);
+                        }
                         return WriteGuard {
                             lock: self,
                             seq: s,
+                            storing: storing != 0,
                             published: false,
-                        }
+                        };
                     }
                     Err(_) => backoff.spin(),
                 }
@@ -273,6 +283,8 @@ struct WriteGuard<'a, T> {
     lock: &'a SeqLock<T>,
     /// The sequence before the lock was taken (`LOCKED` and `STORING` clear).
     seq: u64,
+    /// Whether the lock CAS already set `STORING` (and fenced).
+    storing: bool,
     /// Whether `publish` stored a new record.
     published: bool,
 }
@@ -280,12 +292,15 @@ struct WriteGuard<'a, T> {
 impl<T: Pod> WriteGuard<'_, T> {
     /// Stores `value` as the new record and releases the lock.
     fn publish(mut self, value: &T) {
-        let seq = self.lock.seq();
-        // Relaxed: ordered before the word stores by the fence below.
-        seq.store(self.seq | LOCKED | STORING, Ordering::Relaxed);
-        // Release: orders the STORING store above before the word stores that follow; pairs
-        // with the reader's Acquire fence in `try_read_versioned`.
-        fence(Ordering::Release);
+        if !self.storing {
+            // Relaxed: ordered before the word stores by the fence below.
+            self.lock
+                .seq()
+                .store(self.seq | LOCKED | STORING, Ordering::Relaxed);
+            // Release: orders the STORING store above before the word stores that follow;
+            // pairs with the reader's Acquire fence in `try_read_versioned`.
+            fence(Ordering::Release);
+        }
         self.lock.store_words(value);
         self.published = true;
     }
