@@ -107,6 +107,12 @@ pub struct Args {
     #[arg(long, env = "FREELANE_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
     pub request_timeout_ms: u64,
 
+    /// Longest one engine step (cpu, cuda) may take, in milliseconds: a step that overruns it
+    /// fails its batch (requests are retried on another GPU or answered) and the GPU's engine is
+    /// treated as hung from then on.
+    #[arg(long, env = "FREELANE_STEP_TIMEOUT_MS", default_value_t = 10_000)]
+    pub step_timeout_ms: u64,
+
     /// sim executor: base step time in microseconds (a step of batch B takes about
     /// sim_step_us * (1 + B/32)).
     #[arg(long, env = "FREELANE_SIM_STEP_US", default_value_t = 1000)]
@@ -167,6 +173,8 @@ pub struct Config {
     pub policy: PolicyArg,
     /// Request deadline.
     pub request_timeout: Duration,
+    /// Longest engine step before the device counts as hung.
+    pub step_timeout: Duration,
     /// sim executor base step time.
     pub sim_step: Duration,
     /// sim fault injection: (gpu, after steps).
@@ -250,6 +258,12 @@ impl Args {
                 format!("must be 1..=3600000, got {}", self.request_timeout_ms),
             ));
         }
+        if self.step_timeout_ms == 0 || self.step_timeout_ms > 3_600_000 {
+            return Err(err(
+                "--step-timeout-ms",
+                format!("must be 1..=3600000, got {}", self.step_timeout_ms),
+            ));
+        }
         if self.sim_step_us > 10_000_000 {
             return Err(err("--sim-step-us", "must be at most 10 s (10000000)"));
         }
@@ -305,6 +319,7 @@ impl Args {
             max_queue: self.max_queue,
             policy: self.policy,
             request_timeout: Duration::from_millis(self.request_timeout_ms),
+            step_timeout: Duration::from_millis(self.step_timeout_ms),
             sim_step: Duration::from_micros(self.sim_step_us),
             sim_fail,
             log_format: self.log_format,
@@ -340,6 +355,7 @@ mod tests {
         assert_eq!(c.max_queue, 1024);
         assert_eq!(c.max_wait, Duration::from_micros(2000));
         assert_eq!(c.request_timeout, Duration::from_millis(30_000));
+        assert_eq!(c.step_timeout, Duration::from_millis(10_000));
         assert_eq!(c.executor, ExecutorKind::Auto);
         assert_eq!(c.policy, PolicyArg::P2c);
         assert_eq!(c.body_limit, 1 << 20);
@@ -354,6 +370,7 @@ mod tests {
             (&["--host", "not-an-ip"][..], "--host"),
             (&["--log-level", "loud"][..], "--log-level"),
             (&["--request-timeout-ms", "0"][..], "--request-timeout-ms"),
+            (&["--step-timeout-ms", "0"][..], "--step-timeout-ms"),
             (&["--sim-fail-gpu", "1"][..], "--sim-fail-gpu"),
             (
                 &["--executor", "sim", "--sim-fail-gpu", "5"][..],

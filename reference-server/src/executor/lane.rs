@@ -35,11 +35,18 @@ impl std::fmt::Debug for LaneEngine {
 
 type StepReply = (Result<(), EngineError>, StepBuffers);
 
+/// How long one engine step may take before the device counts as hung (see
+/// [`ServerExecutor::with_step_timeout`]).
+pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A compute engine on a dedicated thread; steps are sent to it and answered by a oneshot.
 pub struct EngineThread {
     tx: Option<std::sync::mpsc::Sender<(StepBuffers, oneshot::Sender<StepReply>)>>,
     context: usize,
     thread: Option<std::thread::JoinHandle<()>>,
+    step_timeout: Duration,
+    /// A step overran `step_timeout`: the thread was cut loose and every later step fails.
+    hung: bool,
 }
 
 impl std::fmt::Debug for EngineThread {
@@ -51,11 +58,17 @@ impl std::fmt::Debug for EngineThread {
 }
 
 impl EngineThread {
-    /// Starts thread `name`, builds the engine there with `factory`, and returns once the engine
-    /// is ready (or failed to start).
-    pub fn spawn(name: String, factory: EngineFactory) -> Result<EngineThread, EngineError> {
+    /// Starts thread `name`, builds the engine there with `factory`, and resolves once the
+    /// engine is ready (or failed to start). Awaiting never blocks a runtime thread, however long
+    /// the factory takes (a CUDA context, kernel compilation, a weight upload). A step that takes
+    /// longer than `step_timeout` fails, and the engine is then treated as hung.
+    pub async fn spawn(
+        name: String,
+        factory: EngineFactory,
+        step_timeout: Duration,
+    ) -> Result<EngineThread, EngineError> {
         let (tx, rx) = std::sync::mpsc::channel::<(StepBuffers, oneshot::Sender<StepReply>)>();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<usize, EngineError>>();
+        let (ready_tx, ready_rx) = oneshot::channel::<Result<usize, EngineError>>();
         let thread = std::thread::Builder::new()
             .name(name)
             .spawn(move || {
@@ -77,16 +90,27 @@ impl EngineThread {
             })
             .map_err(|e| EngineError::new(format!("cannot start engine thread: {e}")))?;
         let context = ready_rx
-            .recv()
+            .await
             .map_err(|_| EngineError::new("engine thread exited during start-up"))??;
         Ok(EngineThread {
             tx: Some(tx),
             context,
             thread: Some(thread),
+            step_timeout,
+            hung: false,
         })
     }
 
-    async fn step(&self, buf: StepBuffers) -> StepReply {
+    async fn step(&mut self, buf: StepBuffers) -> StepReply {
+        if self.hung {
+            return (
+                Err(EngineError::new(format!(
+                    "engine hung: a step did not finish within {:?}",
+                    self.step_timeout
+                ))),
+                StepBuffers::default(),
+            );
+        }
         let (reply_tx, reply_rx) = oneshot::channel();
         let Some(tx) = &self.tx else {
             return (
@@ -100,12 +124,34 @@ impl EngineThread {
                 StepBuffers::default(),
             );
         }
-        reply_rx.await.unwrap_or_else(|_| {
-            (
-                Err(EngineError::new("engine thread stopped")),
-                StepBuffers::default(),
-            )
-        })
+        match tokio::time::timeout(self.step_timeout, reply_rx).await {
+            Ok(reply) => reply.unwrap_or_else(|_| {
+                (
+                    Err(EngineError::new("engine thread stopped")),
+                    StepBuffers::default(),
+                )
+            }),
+            Err(_) => {
+                // The device (or its driver) is stuck in this step. Cut the thread loose: closing
+                // the channel ends it if the step ever returns, and it is never joined (a join
+                // would block on the hung step). The batch fails now, so its requests are
+                // retried elsewhere or answered instead of waiting forever.
+                self.hung = true;
+                self.tx.take();
+                self.thread.take();
+                tracing::error!(
+                    timeout = ?self.step_timeout,
+                    "engine step did not finish in time; treating the device as hung"
+                );
+                (
+                    Err(EngineError::new(format!(
+                        "engine step did not finish within {:?}; the device is treated as hung",
+                        self.step_timeout
+                    ))),
+                    StepBuffers::default(),
+                )
+            }
+        }
     }
 }
 
@@ -273,6 +319,7 @@ pub struct ServerExecutor {
     sim: Option<(Duration, Option<(usize, u64)>)>,
     batch_size: Option<Arc<Histogram>>,
     stats: Arc<ExecStats>,
+    step_timeout: Duration,
 }
 
 impl std::fmt::Debug for ServerExecutor {
@@ -302,7 +349,17 @@ impl ServerExecutor {
             sim: None,
             batch_size,
             stats,
+            step_timeout: DEFAULT_STEP_TIMEOUT,
         }
+    }
+
+    /// Sets how long one engine step of a compute lane may take (default
+    /// [`DEFAULT_STEP_TIMEOUT`]). A step that overruns it fails its batch (the coordinator
+    /// retries or answers the requests, and charges the GPU's health), and that lane's engine is
+    /// treated as hung from then on: its later batches fail at once.
+    pub fn with_step_timeout(mut self, timeout: Duration) -> Self {
+        self.step_timeout = timeout;
+        self
     }
 
     /// `gpus` simulated GPUs with base step time `step`, and optionally GPU `fail.0` failing
@@ -321,6 +378,7 @@ impl ServerExecutor {
             sim: Some((step, fail)),
             batch_size,
             stats,
+            step_timeout: DEFAULT_STEP_TIMEOUT,
         }
     }
 
@@ -339,7 +397,7 @@ impl ServerExecutor {
         &self.stats
     }
 
-    fn build_lane(&self, gpu: usize, slot: &mut LaneSlot) -> Result<(), ExecError> {
+    async fn build_lane(&self, gpu: usize, slot: &mut LaneSlot) -> Result<(), ExecError> {
         if let Some((step, fail)) = self.sim {
             if matches!(slot, LaneSlot::Taken) {
                 let fail_after = fail.and_then(|(g, n)| (g == gpu).then_some(n));
@@ -354,7 +412,8 @@ impl ServerExecutor {
         }
         *slot = match std::mem::replace(slot, LaneSlot::Taken) {
             LaneSlot::Pending(factory) => {
-                match EngineThread::spawn(format!("freelane-{}-{gpu}", self.name), factory) {
+                let name = format!("freelane-{}-{gpu}", self.name);
+                match EngineThread::spawn(name, factory, self.step_timeout).await {
                     Ok(t) => LaneSlot::Ready(LaneExecutor::new(
                         LaneEngine::Thread(t),
                         self.batch_size.clone(),
@@ -389,7 +448,7 @@ impl Executor for ServerExecutor {
         // One worker per GPU calls run, so this lock is uncontended; it is a tokio mutex because
         // it is held across the engine's awaits.
         let mut slot = lane.lock().await;
-        self.build_lane(idx, &mut slot)?;
+        self.build_lane(idx, &mut slot).await?;
         match &mut *slot {
             LaneSlot::Ready(lane) => lane.run(batch).await,
             _ => Err(ExecError::new(format!("gpu {idx} engine unavailable"))),

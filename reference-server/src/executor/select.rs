@@ -34,6 +34,7 @@ pub fn select(
     let cpu = |b, s| {
         let n = config.gpus.unwrap_or(DEFAULT_CPU_LANES);
         ServerExecutor::compute("cpu", cpu_lanes(weights, n), b, s)
+            .with_step_timeout(config.step_timeout)
     };
     // The cuda engines size their device buffers for the largest batch up front.
     let rows = config.max_batch_size;
@@ -49,13 +50,15 @@ pub fn select(
         ExecutorKind::Cuda => {
             let lanes = cuda::open_devices_with_rows(weights, config.gpus, rows)?;
             (
-                ServerExecutor::compute("cuda", lanes, batch_size, stats),
+                ServerExecutor::compute("cuda", lanes, batch_size, stats)
+                    .with_step_timeout(config.step_timeout),
                 None,
             )
         }
         ExecutorKind::Auto => match cuda::open_devices_with_rows(weights, config.gpus, rows) {
             Ok(lanes) => (
-                ServerExecutor::compute("cuda", lanes, batch_size, stats),
+                ServerExecutor::compute("cuda", lanes, batch_size, stats)
+                    .with_step_timeout(config.step_timeout),
                 None,
             ),
             Err(e) => (cpu(batch_size, stats), Some(e.to_string())),

@@ -1,9 +1,12 @@
-//! A lane running one long, full batch keeps heartbeating: the monitor must not mistake a busy
-//! GPU for a hung one (which would fail over its queue and answer 503s while it works).
+//! Telling a busy GPU from a hung one. A lane running one long, full batch keeps heartbeating:
+//! the monitor must not fail over a GPU that works. A step that never returns is cut off by the
+//! step timeout: its requests are answered instead of waiting forever.
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use freelane::{BatchConfig, Coordinator, GpuId, GpuState, HealthConfig, Outcome, Request};
+use freelane::{
+    BatchConfig, Coordinator, ErrorKind, GpuId, GpuState, HealthConfig, Outcome, Request,
+};
 use freelane_server::executor::decode::Job;
 use freelane_server::executor::lane::{ExecStats, ServerExecutor};
 use freelane_server::executor::{EngineError, SampleParams, StepEngine};
@@ -85,4 +88,60 @@ async fn a_long_full_batch_keeps_its_gpu_healthy() {
         "the batch was not long"
     );
     c.shutdown().await;
+}
+
+/// An engine whose steps "hang" (sleep far longer than the step timeout).
+struct Hang;
+impl StepEngine for Hang {
+    fn context(&self) -> usize {
+        1
+    }
+    fn step(&mut self, _: &[u8], _: &[SampleParams], _: &mut [u8]) -> Result<(), EngineError> {
+        std::thread::sleep(Duration::from_secs(3));
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_step_is_cut_off_and_its_request_answered() {
+    let factory: freelane_server::executor::cuda::EngineFactory =
+        Box::new(|| Ok(Box::new(Hang) as Box<dyn StepEngine>));
+    let exec = ServerExecutor::compute("cpu", vec![factory], None, Arc::new(ExecStats::default()))
+        .with_step_timeout(Duration::from_millis(200));
+    let c = Coordinator::builder(exec)
+        .gpus(1)
+        .request_timeout(Some(Duration::from_secs(30)))
+        .build()
+        .unwrap();
+    let j = job(4);
+    let cost = j.cost();
+    let start = Instant::now();
+    let h = c.submit(Request::new(j, cost)).unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(2), h)
+        .await
+        .expect("the request of a hung step was not answered");
+    match outcome {
+        Outcome::Failed(e) => assert_ne!(e.kind(), ErrorKind::Dropped, "{e}"),
+        other => panic!("expected a failure, got {other:?}"),
+    }
+    assert!(start.elapsed() >= Duration::from_millis(200));
+    // Later batches on the hung engine fail at once instead of queueing behind it.
+    let j = job(4);
+    let cost = j.cost();
+    if let Ok(h) = c.submit(Request::new(j, cost)) {
+        let t = Instant::now();
+        let o = tokio::time::timeout(Duration::from_secs(2), h)
+            .await
+            .expect("answered");
+        assert!(matches!(o, Outcome::Failed(_)), "{o:?}");
+        assert!(
+            t.elapsed() < Duration::from_millis(150),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+    // Shutdown does not wait for the hung thread.
+    tokio::time::timeout(Duration::from_secs(2), c.shutdown())
+        .await
+        .expect("shutdown waited for the hung step");
 }
