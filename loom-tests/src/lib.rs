@@ -44,8 +44,21 @@ where
         "loom model `{name}`: exploring (preemption bound {:?})",
         builder.preemption_bound
     );
-    builder.check(f);
-    eprintln!("loom model `{name}`: done in {:.2?}", start.elapsed());
+    // Count the executions explored: a concurrent model that explores only one has found no
+    // interleaving to try, i.e. it checks nothing about concurrency (see the health models).
+    let executions = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&executions);
+    builder.check(move || {
+        // Relaxed: a diagnostic count, read after `check` has joined every execution.
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        f();
+    });
+    eprintln!(
+        "loom model `{name}`: done in {:.2?}, {} executions",
+        start.elapsed(),
+        // Relaxed: as above.
+        executions.load(std::sync::atomic::Ordering::Relaxed)
+    );
 }
 
 #[cfg(test)]
