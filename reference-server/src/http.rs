@@ -298,6 +298,7 @@ fn sse_stream(
             }
             if let Some(result) = st.ready.take() {
                 st.handle = None;
+                // Every token was sent before the answer; drain what is still buffered.
                 let mut rest = Vec::new();
                 while let Ok(b) = st.rx.try_recv() {
                     rest.push(b);
@@ -319,31 +320,13 @@ fn sse_stream(
             };
             tokio::select! {
                 biased;
+                // A token is handled by the `pending` step at the top of the loop.
                 tok = st.rx.recv(), if st.rx_open => match tok {
-                    Some(b) => {
-                        let text = st.utf8.push(&[b]);
-                        if !text.is_empty() {
-                            let ev = st.meta.chunk(text, None);
-                            return Some((Ok(ev), st));
-                        }
-                    }
+                    Some(b) => st.pending = Some(b),
                     None => st.rx_open = false,
                 },
-                outcome = handle => {
-                    st.handle = None;
-                    // Every token was sent before the answer; drain what is still buffered.
-                    let mut rest = Vec::new();
-                    while let Ok(b) = st.rx.try_recv() {
-                        rest.push(b);
-                    }
-                    let mut text = st.utf8.push(&rest);
-                    text.push_str(&st.utf8.finish());
-                    let last = match Backend::finish(outcome) {
-                        Ok(gen) => st.meta.chunk(text, Some(gen.finish)),
-                        Err(e) => Event::default().data(e.body().to_string()),
-                    };
-                    return Some((Ok(last), st));
-                }
+                // Handled by the `ready` step at the top of the loop.
+                outcome = handle => st.ready = Some(Backend::finish(outcome)),
             }
         }
     })
