@@ -454,6 +454,10 @@ impl<E: Executor> CoordinatorBuilder<E> {
                 }) as Arc<dyn Observer>
             })
             .collect();
+        let drained = Mutex::new(Drained {
+            all: false,
+            lanes: vec![false; lanes.len()].into_boxed_slice(),
+        });
         let inner = Arc::new(Inner {
             executor: self.executor,
             config,
@@ -464,7 +468,7 @@ impl<E: Executor> CoordinatorBuilder<E> {
             rec,
             observers,
             shutting_down: AtomicBool::new(false),
-            swept: Mutex::new(false),
+            drained,
             idle_mask: AtomicU64::new(0),
             stop: tokio::sync::Notify::new(),
         });
@@ -548,13 +552,22 @@ struct Inner<E: Executor> {
     /// per-GPU reference count instead of one shared by every thread.
     observers: Box<[Arc<dyn Observer>]>,
     shutting_down: AtomicBool,
-    /// Set (under the lock) when the final sweep of the closed lanes begins: from then on a
-    /// push that finds its lane closed must answer what it pushed itself; before it, the lane's
-    /// worker or the final sweep will (see `pushed_to_closed`).
-    swept: Mutex<bool>,
+    /// Which closed lanes nobody will drain any more: all of them once the final sweep begins,
+    /// lane g once worker g has stopped. A push that finds such a lane closed answers what it
+    /// pushed itself; otherwise the lane's worker or the final sweep will (see
+    /// `pushed_to_closed`).
+    drained: Mutex<Drained>,
     /// Bit g set while worker g (< 64) waits for work: a hint for backlog nudges.
     idle_mask: AtomicU64,
     stop: tokio::sync::Notify,
+}
+
+/// Closed lanes that no worker drains any more (see `Inner::drained`).
+struct Drained {
+    /// The final sweep has begun.
+    all: bool,
+    /// Worker g has stopped.
+    lanes: Box<[bool]>,
 }
 
 /// What every answer and every batch step reports to: metrics, heartbeats.
@@ -1249,29 +1262,37 @@ impl<E: Executor> Inner<E> {
         }
     }
 
-    /// Drains lane `g` and answers everything `Failed(ShuttingDown)` (after close).
     /// The final sweep of a shutdown: answers everything left in the (closed) lanes, and makes
     /// every later push onto a closed lane answer what it pushed itself.
     fn final_sweep(&self) {
-        let mut swept = self.swept.lock().unwrap_or_else(|e| e.into_inner());
-        *swept = true;
+        let mut drained = self.drained.lock().unwrap_or_else(|e| e.into_inner());
+        drained.all = true;
         for g in 0..self.lanes.len() {
             self.fail_closed_lane(g);
         }
     }
 
-    /// A push found lane `g` closed. Before the final sweep, the entry is left in the lane:
-    /// the lane's worker (still draining) or the sweep answers it, so requests queued there
-    /// earlier are not failed with it. After the sweep has begun the pusher drains the lane
-    /// itself. The lock orders this check against the sweep: either the sweep runs after our
-    /// push and takes the entry, or we see `swept` and take it.
+    /// Worker `g` has stopped (its lane was closed and empty): answers anything pushed since,
+    /// and makes later pushes onto lane `g` answer what they pushed.
+    fn worker_stopped(&self, g: usize) {
+        let mut drained = self.drained.lock().unwrap_or_else(|e| e.into_inner());
+        drained.lanes[g] = true;
+        self.fail_closed_lane(g);
+    }
+
+    /// A push found lane `g` closed. While the lane's worker still drains it (and before the
+    /// final sweep) the entry is left there for the worker, so requests queued earlier are not
+    /// failed with it. Once the worker has stopped or the sweep has begun, the pusher drains the
+    /// lane itself. The lock orders this check against those two: either they run after our
+    /// push and take the entry, or we see their flag and take it.
     fn pushed_to_closed(&self, g: usize) {
-        let swept = self.swept.lock().unwrap_or_else(|e| e.into_inner());
-        if *swept {
+        let drained = self.drained.lock().unwrap_or_else(|e| e.into_inner());
+        if drained.all || drained.lanes[g] {
             self.fail_closed_lane(g);
         }
     }
 
+    /// Drains lane `g` and answers everything `Failed(ShuttingDown)` (after close).
     fn fail_closed_lane(&self, g: usize) {
         let now = Instant::now();
         let lane = &self.lanes[g];
@@ -1379,6 +1400,7 @@ async fn worker<E: Executor>(inner: Arc<Inner<E>>, g: usize) {
             }
         }
     }
+    inner.worker_stopped(g);
     tracing::debug!(gpu = g, "worker stopped");
 }
 

@@ -125,3 +125,48 @@ async fn a_failover_during_the_drain_fails_nothing_queued_on_the_healthy_lane() 
     // complete); nothing was failed by the reroute onto the closed-but-draining lane.
     assert!(failed.is_empty(), "{outcomes:?}");
 }
+
+/// GPU 0 completes at once; GPU 1 takes 100 ms and then fails its batch.
+struct Gpu1Fails;
+
+impl Executor for Gpu1Fails {
+    type Input = u64;
+    type Output = u64;
+    async fn run(&self, gpu: GpuId, batch: &mut Batch<u64, u64>) -> Result<(), ExecError> {
+        if gpu == GpuId(1) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            return Err(ExecError::new("gpu 1 failed"));
+        }
+        batch.finish_all(|e| *e.payload().unwrap());
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_onto_a_lane_whose_worker_stopped_is_answered() {
+    let c = Coordinator::builder(Gpu1Fails)
+        .gpus(2)
+        .policy(Policy::RoundRobin)
+        .work_stealing(false)
+        .batch(one_at_a_time())
+        .build()
+        .unwrap();
+    // Round robin: one request on each GPU.
+    let a = c.submit(Request::new(0, 1)).unwrap();
+    let b = c.submit(Request::new(1, 1)).unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Shutdown begins (lanes close; worker 0 finds its lane empty and stops), but the caller
+    // gives up on the wait while GPU 1 still runs, so no final sweep happens.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(20), c.shutdown())
+            .await
+            .is_err()
+    );
+    assert_eq!(describe(&a.await), "completed(0)");
+    // At ~100 ms GPU 1 fails: its request is retried onto lane 0, closed and undrained.
+    let b = tokio::time::timeout(Duration::from_secs(2), b)
+        .await
+        .expect("the retried request was never answered");
+    assert_eq!(describe(&b), "failed(ShuttingDown)");
+    assert_eq!(c.queued(), 0);
+}
