@@ -52,32 +52,41 @@ fn seqlock_one_writer_two_readers_no_torn_read_and_no_going_back() {
     });
 }
 
-/// Two writers `update` the same record concurrently (each adds 1 to both words) while the main
-/// thread reads: no update is lost and the concurrent read is one of the three consistent
-/// states.
+/// Two writers `update` the same record concurrently (each adds 1 to both words; one spawned,
+/// one the main thread) while a spawned reader makes single read attempts: no update is lost,
+/// and every read that succeeds is one of the three consistent states with the matching version
+/// (version 2k holds the k-th update). The reader is spawned, not the main thread, because loom
+/// explored a single interleaving when the main thread read after spawning the writers.
 #[test]
 fn seqlock_two_writers_lose_no_update() {
     run_model("health::seqlock_2w", || {
         let lock = Arc::new(SeqLock::new([0u64; 2]));
-        let writers: Vec<_> = (0..2)
-            .map(|_| {
-                let l = Arc::clone(&lock);
-                thread::spawn(move || {
-                    l.update(|v| {
-                        v[0] += 1;
-                        v[1] += 1;
-                    })
-                })
+        let r = Arc::clone(&lock);
+        let reader = thread::spawn(move || {
+            let mut seen = 0;
+            for _ in 0..2 {
+                if let Some((v, version)) = r.try_read_versioned() {
+                    assert_eq!(v[0], v[1], "torn read {v:?}");
+                    assert!(v[0] <= 2, "impossible state {v:?}");
+                    assert_eq!(version / 2, v[0], "version {version} does not match {v:?}");
+                    assert!(v[0] >= seen, "went backwards: {seen} then {}", v[0]);
+                    seen = v[0];
+                }
+            }
+        });
+        let w = Arc::clone(&lock);
+        let writer = thread::spawn(move || {
+            w.update(|v| {
+                v[0] += 1;
+                v[1] += 1;
             })
-            .collect();
-        let seen = lock.read();
-        assert!(
-            seen[0] == seen[1] && seen[0] <= 2,
-            "torn or impossible: {seen:?}"
-        );
-        for w in writers {
-            w.join().unwrap();
-        }
+        });
+        lock.update(|v| {
+            v[0] += 1;
+            v[1] += 1;
+        });
+        writer.join().unwrap();
+        reader.join().unwrap();
         assert_eq!(lock.read_versioned(), ([2, 2], 4));
     });
 }
