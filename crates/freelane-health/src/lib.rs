@@ -86,7 +86,8 @@
 //! `SeqLock<GpuRecord>` and 16 transition counters. All writes go through
 //! `SeqLock::update`, which runs the pure `step` function of the state machine on a copy of
 //! the record and then updates the counters and the state byte before the new record is
-//! published. This crate contains no `unsafe` code.
+//! published. The only `unsafe` code is `SeqLock::word`, which makes the atomic payload words over the
+//! lock's inline memory (see its SAFETY comment); miri checks it.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 

@@ -1,7 +1,6 @@
 //! [`SeqLock`]: a sequence lock whose payload is stored in atomic words (no racy reads).
 
 use std::fmt;
-use std::marker::PhantomData;
 
 use bytemuck::Pod;
 use freelane_sync::atomic::{fence, AtomicU64, Ordering};
@@ -31,14 +30,19 @@ use freelane_sync::Backoff;
 ///   was before the update) but must not `write` or `update` it: that waits for itself forever.
 ///
 /// # Implementation
-/// The sequence number and the record's bytes live together in one heap block of 64-byte
-/// aligned lines of `AtomicU64` words: word 0 is the sequence, words `1..=WORDS` hold the
-/// record, 8 bytes per word (native endianness, the last word zero-padded). One allocation
-/// keeps the sequence next to the first payload words (a 56-byte record shares one cache line
-/// with its sequence); the block is sized at construction because array lengths cannot depend on
-/// `size_of::<T>()` in stable generic code, and loom's atomics cannot be transmuted from plain
-/// memory. All loops run over the constant `WORDS`, so they unroll. `T: Pod` makes every byte
-/// pattern a valid `T`, so a reader rebuilds the value from the words it loaded.
+/// The sequence word and the record live inline in the `SeqLock`, which is 64-byte aligned:
+/// the sequence first, then the record's bytes followed by 8 zero bytes, accessed only as
+/// `WORDS` `AtomicU64` words (8 bytes each, native endianness; the last word takes the zero
+/// bytes after a record whose size is not a multiple of 8). A 56-byte record shares one cache
+/// line with its sequence. Array lengths cannot depend on `size_of::<T>()` in stable generic
+/// code, so the words are made with `AtomicU64::from_ptr` over that inline memory, which is
+/// written non-atomically only by `new`, before the lock is shared. (The words were first a
+/// separate heap block of atomics: the extra pointer load and bounds checks made reads 0.8x
+/// the `seqlock` crate's with several readers.) Under loom, whose atomics cannot be made from
+/// plain memory, the words are a boxed slice of loom atomics; the protocol code is the same.
+/// All loops run over the constant `WORDS`, so they unroll. `T: Pod` makes every byte pattern
+/// a valid `T` and has no padding bytes, so a reader rebuilds the value from the words it
+/// loaded and every byte a word covers is initialised.
 ///
 /// The sequence word is `4 * writes + LOCKED + STORING`: `LOCKED` (bit 1) is the writers' lock
 /// and readers ignore it; `STORING` (bit 0) is set only while the lock holder stores the words.
@@ -59,12 +63,39 @@ use freelane_sync::Backoff;
 /// last complete write's words visible. This is Boehm's
 /// fence-based recipe ("Can seqlocks get along with programming language memory models?");
 /// every access is atomic, so there is no data race in the Rust memory model.
+#[repr(C, align(64))]
 pub struct SeqLock<T> {
-    /// Word 0: the sequence (`4 * writes + LOCKED + STORING`, see the type docs). Words
-    /// `1..=WORDS`: the record's bytes, 8 per word, native endianness, zero-padded at the end.
-    lines: Box<[Line]>,
-    _marker: PhantomData<T>,
+    /// `4 * writes + LOCKED + STORING` (see the type docs).
+    seq: AtomicU64,
+    /// The record's bytes, 8 per word (see `word`).
+    data: Data<T>,
 }
+
+// SAFETY: the lock owns a `T` (moved in by `new` and `write`, copied out by reads), so it may
+// move to another thread when `T` may. Shared use copies `T`s between threads through atomic
+// words only (never a `&T`), hence `T: Send` for `Sync`. No `unsafe` is needed for these under
+// loom, but the bounds are the same in both builds.
+unsafe impl<T: Send> Send for SeqLock<T> {}
+// SAFETY: see above; every shared access to `data` is an atomic word load or store.
+unsafe impl<T: Send> Sync for SeqLock<T> {}
+
+/// The record followed by 8 zero bytes, so that the word covering the record's last bytes
+/// lies inside initialised memory. `repr(C)`: `zeros` directly follows `value`.
+#[cfg(not(freelane_loom))]
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Padded<T> {
+    value: T,
+    zeros: [u8; 8],
+}
+
+/// The record's storage: inline memory accessed as atomic words (see the type docs).
+#[cfg(not(freelane_loom))]
+struct Data<T>(std::cell::UnsafeCell<Padded<T>>);
+
+/// The record's storage under loom: one loom atomic per word.
+#[cfg(freelane_loom)]
+struct Data<T>(Box<[AtomicU64]>, std::marker::PhantomData<T>);
 
 /// Sequence bit: a writer is storing the words (readers retry).
 const STORING: u64 = 1;
@@ -79,41 +110,72 @@ fn version_of(seq: u64) -> u64 {
     (seq / WRITE) * 2 + (seq & STORING)
 }
 
-/// Eight words on one cache line.
-#[repr(align(64))]
-struct Line([AtomicU64; 8]);
-
 impl<T> SeqLock<T> {
     /// The sequence word.
     #[inline(always)]
     fn seq(&self) -> &AtomicU64 {
-        &self.lines[0].0[0]
+        &self.seq
     }
 }
 
 impl<T: Pod> SeqLock<T> {
     /// Words needed for a `T`.
     const WORDS: usize = std::mem::size_of::<T>().div_ceil(8);
-    /// Lines holding the sequence word and the payload words.
-    const LINES: usize = (Self::WORDS + 1).div_ceil(8);
+    /// A seqlock holding `value` (version 0).
+    #[cfg(not(freelane_loom))]
+    pub fn new(value: T) -> Self {
+        Self {
+            seq: AtomicU64::new(0),
+            data: Data(std::cell::UnsafeCell::new(Padded {
+                value,
+                zeros: [0; 8],
+            })),
+        }
+    }
 
     /// A seqlock holding `value` (version 0).
+    #[cfg(freelane_loom)]
     pub fn new(value: T) -> Self {
-        let lines = (0..Self::LINES)
-            .map(|_| Line(std::array::from_fn(|_| AtomicU64::new(0))))
-            .collect();
         let lock = Self {
-            lines,
-            _marker: PhantomData,
+            seq: AtomicU64::new(0),
+            data: Data(
+                (0..Self::WORDS).map(|_| AtomicU64::new(0)).collect(),
+                std::marker::PhantomData,
+            ),
         };
         lock.store_words(&value);
         lock
     }
 
-    /// The lines as a slice of constant length, so that indexing below needs no bounds checks.
+    /// Word `i` (`i < WORDS`) of the record: its bytes `8 * i .. 8 * i + 8`.
+    #[cfg(not(freelane_loom))]
     #[inline(always)]
-    fn lines(&self) -> &[Line] {
-        &self.lines[..Self::LINES]
+    fn word(&self, i: usize) -> &AtomicU64 {
+        const {
+            // The words need 8-byte alignment: `data` follows the 8-byte sequence in a
+            // `repr(C)` struct, so its offset is 8 or a multiple of `T`'s (larger) alignment.
+            assert!(std::mem::offset_of!(Self, data) % 8 == 0);
+            // Every word lies inside `Padded<T>`: 8 * WORDS < size_of::<T>() + 8.
+            assert!(8 * Self::WORDS <= std::mem::size_of::<Padded<T>>());
+        }
+        assert!(i < Self::WORDS);
+        let base = self.data.0.get().cast::<u64>();
+        // SAFETY: `base + i` is 8-byte aligned (the `data` offset is, see above, and the
+        // `SeqLock` is 64-byte aligned) and in bounds of `Padded<T>` (`i < WORDS`, checked
+        // above), and it is derived from the `UnsafeCell`, so shared mutation through it is
+        // allowed. The 8 bytes are initialised: `T: Pod` has no padding bytes and the last word
+        // ends inside `zeros`. After `new` wrote the `Padded<T>` (before the lock could be
+        // shared, so that write happens-before every access here) the memory is only accessed
+        // through these `AtomicU64`s, all of the same size and alignment, for no longer than
+        // `&self` lives.
+        unsafe { AtomicU64::from_ptr(base.add(i)) }
+    }
+
+    /// Word `i` (`i < WORDS`) of the record under loom.
+    #[cfg(freelane_loom)]
+    #[inline(always)]
+    fn word(&self, i: usize) -> &AtomicU64 {
+        &self.data.0[i]
     }
 
     /// Copies the current record. Never torn; retries (with backoff) while a writer is active.
@@ -248,29 +310,26 @@ impl<T: Pod> SeqLock<T> {
     /// Stores `value`'s bytes into the words (Relaxed; ordered by the surrounding lock).
     #[inline(always)]
     fn store_words(&self, value: &T) {
-        let lines = self.lines();
         let bytes = bytemuck::bytes_of(value);
         for i in 0..Self::WORDS {
             let mut buf = [0u8; 8];
             let chunk = &bytes[i * 8..bytes.len().min(i * 8 + 8)];
             buf[..chunk.len()].copy_from_slice(chunk);
-            let w = i + 1;
             // Relaxed: published by the Release fence before (for racing readers) and the
             // Release unlock after (for readers that start later).
-            lines[w / 8].0[w % 8].store(u64::from_ne_bytes(buf), Ordering::Relaxed);
+            self.word(i)
+                .store(u64::from_ne_bytes(buf), Ordering::Relaxed);
         }
     }
 
     /// Loads the words into `value`'s bytes (Relaxed; validated by the sequence re-check).
     #[inline(always)]
     fn load_words(&self, value: &mut T) {
-        let lines = self.lines();
         let bytes = bytemuck::bytes_of_mut(value);
         let len = bytes.len();
         for i in 0..Self::WORDS {
-            let w = i + 1;
             // Relaxed: ordered by the Acquire sequence load before and the Acquire fence after.
-            let buf = lines[w / 8].0[w % 8].load(Ordering::Relaxed).to_ne_bytes();
+            let buf = self.word(i).load(Ordering::Relaxed).to_ne_bytes();
             let end = len.min(i * 8 + 8);
             bytes[i * 8..end].copy_from_slice(&buf[..end - i * 8]);
         }
@@ -337,7 +396,6 @@ impl<T> fmt::Debug for SeqLock<T> {
         f.debug_struct("SeqLock")
             // Relaxed: diagnostic only.
             .field("version", &version_of(self.seq().load(Ordering::Relaxed)))
-            .field("lines", &self.lines.len())
             .finish_non_exhaustive()
     }
 }
