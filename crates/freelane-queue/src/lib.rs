@@ -24,8 +24,10 @@
 //! - *Progress.* `push` and `pop` are lock-free: a thread retries only because another thread
 //!   made progress (claimed an index, linked or unlinked a segment). Nothing ever blocks or
 //!   parks; a consumer that claims a slot whose producer is mid-write waits at most 8 short spins
-//!   and then *poisons* the slot, sending that producer to a later index. `len` and `is_empty` are
-//!   lock-free too; `len` is exact when no operation is in progress.
+//!   and then *poisons* the slot, sending that producer to a later index. `len` and `is_empty` never
+//!   retry and take constant time (they read the head and tail segments only: segments are
+//!   numbered, and every segment strictly between head and tail is full); `len` is exact when no
+//!   operation is in progress.
 //! - *Nothing is lost or duplicated.* Each pushed value is popped at most once and, unless it is
 //!   still in the queue, exactly once; `Drop` drops every value still in the queue exactly once.
 //! - *Memory.* One allocation per 1024 pushes (no allocation per item). A segment is unlinked once

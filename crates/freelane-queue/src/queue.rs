@@ -66,6 +66,9 @@ struct Segment<T> {
     /// Next index a producer claims (may run past `SEGMENT`).
     enq: CachePadded<AtomicUsize>,
     next: CachePadded<Atomic<Segment<T>>>,
+    /// Position in the chain (the first segment is 0, each linked one is its predecessor's
+    /// plus one), so that `len` needs only the head and tail segments.
+    id: usize,
     slots: Box<[Slot<T>]>,
 }
 
@@ -83,8 +86,9 @@ impl<T> Segment<T> {
         }
     };
 
-    /// A fresh segment; with `first`, slot 0 already holds it (written, `enq == 1`).
-    fn new(first: Option<T>) -> Self {
+    /// A fresh segment numbered `id`; with `first`, slot 0 already holds it (written,
+    /// `enq == 1`).
+    fn new(id: usize, first: Option<T>) -> Self {
         let slots: Box<[Slot<T>]> = (0..Self::LEN)
             .map(|_| Slot {
                 state: AtomicUsize::new(EMPTY),
@@ -110,6 +114,7 @@ impl<T> Segment<T> {
             }),
             enq: CachePadded::new(AtomicUsize::new(enq)),
             next: CachePadded::new(Atomic::null()),
+            id,
             slots,
         }
     }
@@ -163,7 +168,7 @@ unsafe impl<T: Send> Sync for Queue<T> {}
 impl<T> Queue<T> {
     /// An empty queue (allocates its first segment).
     pub fn new() -> Self {
-        let first = Owned::new(Segment::new(None));
+        let first = Owned::new(Segment::new(0, None));
         // SAFETY: no other thread can see the queue yet; converting without a pin is fine
         // because nothing can reclaim the segment before the queue is shared.
         let first = first.into_shared(unsafe { epoch::unprotected() });
@@ -217,7 +222,7 @@ impl<T> Queue<T> {
             // Acquire: pairs with the Release CAS that linked `next`, making it initialised.
             let next = seg.next.load(Ordering::Acquire, guard);
             if next.is_null() {
-                let new = Owned::new(Segment::new(Some(value)));
+                let new = Owned::new(Segment::new(seg.id.wrapping_add(1), Some(value)));
                 // SeqCst (success): Release publishes the new segment (and our value in slot 0)
                 // to the Acquire loads of `next` and `tail`; SeqCst also puts this push's
                 // linearization point in the total order with `pop`'s SeqCst loads of `next`
@@ -381,21 +386,33 @@ impl<T> Queue<T> {
     }
 
     /// Number of items: exact when no operation is in progress, otherwise an estimate.
+    ///
+    /// Constant time: it reads the head and tail segments only. Every segment strictly between
+    /// them has all `LEN` indices claimed by producers and none by consumers (consumers claim
+    /// only in the head segment), so it holds `LEN` items; an index a consumer poisoned was
+    /// claimed on both sides and cancels out, as in the per-segment count.
     pub fn len(&self) -> usize {
+        let len = Segment::<T>::LEN;
         let guard = &epoch::pin();
-        // Acquire: as in `pop`.
-        let mut cur = self.head.load(Ordering::Acquire, guard);
-        let mut n = 0usize;
-        // SAFETY: segments reachable from head are not retired while we are pinned.
-        while let Some(seg) = unsafe { cur.as_ref() } {
-            // SeqCst: as in `pop`'s empty check.
-            let deq = seg.deq.deq.load(Ordering::SeqCst).min(Segment::<T>::LEN);
-            let enq = seg.enq.load(Ordering::SeqCst).min(Segment::<T>::LEN);
-            n += enq.saturating_sub(deq);
-            // Acquire: pairs with the Release CAS that linked `next`.
-            cur = seg.next.load(Ordering::Acquire, guard);
+        // Acquire (both): pair with the Release CASes that installed them, making each
+        // segment's initialisation visible. Head first: tail is moved past a segment before
+        // head is, so the tail loaded afterwards is at or after this head.
+        let head = self.head.load(Ordering::Acquire, guard);
+        let tail = self.tail.load(Ordering::Acquire, guard);
+        // SAFETY: head and tail are never null; the segments are not freed while we are pinned
+        // (the same argument as in `push` and `pop`).
+        let (h, t) = unsafe { (head.deref(), tail.deref()) };
+        // SeqCst: as in `pop`'s empty check.
+        let deq = h.deq.deq.load(Ordering::SeqCst).min(len);
+        // SeqCst: as above.
+        let enq = t.enq.load(Ordering::SeqCst).min(len);
+        // Segments from head to tail; 0 if tail was read from a chain head has meanwhile
+        // left (ids wrap only after 2^64 segments).
+        let between = t.id.wrapping_sub(h.id);
+        if between > usize::MAX / 2 / len {
+            return 0;
         }
-        n
+        (between * len + enq).saturating_sub(deq)
     }
 
     /// `true` when [`len`](Self::len) is 0.
