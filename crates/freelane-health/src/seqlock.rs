@@ -76,8 +76,15 @@ pub struct SeqLock<T> {
 // words only (never a `&T`), hence `T: Send` for `Sync`. No `unsafe` is needed for these under
 // loom, but the bounds are the same in both builds.
 unsafe impl<T: Send> Send for SeqLock<T> {}
-// SAFETY: see above; every shared access to `data` is an atomic word load or store.
+// SAFETY: see above; every shared access to `data` is an atomic word load or store. (As for
+// crossbeam's `AtomicCell`, `T: Send` is what sharing needs: values cross threads only as
+// copies. Before the words were inline this was `T: Sync`, through `PhantomData<T>`.)
 unsafe impl<T: Send> Sync for SeqLock<T> {}
+// The `UnsafeCell` would make the lock `!RefUnwindSafe`; a panic never leaves it broken (a
+// panicking `update` closure leaves the record and the version unchanged and releases the
+// lock), so it is as unwind-safe as `T`, as it was with the words on the heap.
+impl<T: std::panic::RefUnwindSafe> std::panic::RefUnwindSafe for SeqLock<T> {}
+impl<T: std::panic::UnwindSafe> std::panic::UnwindSafe for SeqLock<T> {}
 
 /// The record followed by 8 zero bytes, so that the word covering the record's last bytes
 /// lies inside initialised memory. `repr(C)`: `zeros` directly follows `value`.

@@ -270,7 +270,7 @@ fn times_before_the_epoch_count_as_the_epoch() {
 
 #[test]
 fn table_and_seqlock_are_send_and_sync() {
-    fn check<T: Send + Sync>() {}
+    fn check<T: Send + Sync + std::panic::RefUnwindSafe + std::panic::UnwindSafe>() {}
     check::<HealthTable>();
     check::<crate::SeqLock<crate::GpuRecord>>();
     assert_eq!(std::mem::size_of::<crate::GpuRecord>(), 72);

@@ -392,27 +392,40 @@ impl<T> Queue<T> {
     /// only in the head segment), so it holds `LEN` items; an index a consumer poisoned was
     /// claimed on both sides and cancels out, as in the per-segment count.
     pub fn len(&self) -> usize {
+        self.len_with(|| {})
+    }
+
+    /// `len`, running `between` between the producers' and the consumers' reads (tests use it
+    /// to stand for a stall there).
+    #[inline]
+    fn len_with(&self, between: impl FnOnce()) -> usize {
         let len = Segment::<T>::LEN;
         let guard = &epoch::pin();
-        // Acquire (both): pair with the Release CASes that installed them, making each
-        // segment's initialisation visible. Head first: tail is moved past a segment before
-        // head is, so the tail loaded afterwards is at or after this head.
-        let head = self.head.load(Ordering::Acquire, guard);
+        // The producers' side first, then the consumers': a thread stalled between the reads
+        // can then only under-count (pops that happened meanwhile are subtracted, pushes are
+        // not added). Read the other way round, a stale head with a fresh tail counted every
+        // segment consumed in between.
+        // Acquire: pairs with the Release CASes that install a tail, making the segment's
+        // initialisation visible.
         let tail = self.tail.load(Ordering::Acquire, guard);
-        // SAFETY: head and tail are never null; the segments are not freed while we are pinned
-        // (the same argument as in `push` and `pop`).
-        let (h, t) = unsafe { (head.deref(), tail.deref()) };
+        // SAFETY: tail is never null; it is not freed while we are pinned (as in `push`).
+        let t = unsafe { tail.deref() };
         // SeqCst: as in `pop`'s empty check.
-        let deq = h.deq.deq.load(Ordering::SeqCst).min(len);
-        // SeqCst: as above.
         let enq = t.enq.load(Ordering::SeqCst).min(len);
-        // Segments from head to tail; 0 if tail was read from a chain head has meanwhile
-        // left (ids wrap only after 2^64 segments).
-        let between = t.id.wrapping_sub(h.id);
-        if between > usize::MAX / 2 / len {
+        between();
+        // Acquire: pairs with the Release CAS in `advance_head`, as in `pop`.
+        let head = self.head.load(Ordering::Acquire, guard);
+        // SAFETY: head is never null; it is not freed while we are pinned (as in `pop`).
+        let h = unsafe { head.deref() };
+        // SeqCst: as above.
+        let deq = h.deq.deq.load(Ordering::SeqCst).min(len);
+        // Head has moved past the tail we read: everything we could count was popped.
+        if h.id > t.id {
             return 0;
         }
-        (between * len + enq).saturating_sub(deq)
+        // Segment ids never wrap in practice (2^64 segments); `t.id - h.id` segments start at
+        // head, each of the ones before tail full.
+        ((t.id - h.id) * len + enq).saturating_sub(deq)
     }
 
     /// `true` when [`len`](Self::len) is 0.
@@ -509,5 +522,23 @@ mod tests {
         }
         assert_eq!(q.pop(), None);
         assert_eq!(seg.deq.deq.load(Ordering::SeqCst), 11);
+    }
+
+    /// A `len` that stalls between its reads while items stream through (never more than one
+    /// in the queue) must not count the segments consumed meanwhile (with head read before
+    /// tail it returned 5121 here).
+    #[test]
+    fn len_stalled_while_items_stream_through_never_overcounts() {
+        let q = Queue::<u32>::new();
+        q.push(0);
+        let rounds = if cfg!(miri) { 3 } else { 5 } * Segment::<u32>::LEN;
+        let n = q.len_with(|| {
+            for v in 0..rounds as u32 {
+                q.push(v);
+                q.pop().unwrap();
+            }
+        });
+        assert!(n <= 1, "len counted {n} items; the queue held at most 2");
+        assert_eq!(q.len(), 1);
     }
 }
