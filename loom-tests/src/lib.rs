@@ -61,6 +61,30 @@ where
     );
 }
 
+/// Like [`run_model`], for a model whose main closure returns a label of the outcome it reached:
+/// fails unless every label in `expected` was reached in some execution. A model whose
+/// interesting branch loom never enters checks nothing there; this makes that a failure.
+#[cfg(freelane_loom)]
+pub fn run_model_outcomes<F>(name: &str, expected: &'static [&'static str], f: F)
+where
+    F: Fn() -> &'static str + Sync + Send + 'static,
+{
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
+    let record = std::sync::Arc::clone(&seen);
+    run_model(name, move || {
+        let outcome = f();
+        *record.lock().unwrap().entry(outcome).or_insert(0usize) += 1;
+    });
+    let seen = seen.lock().unwrap();
+    eprintln!("loom model `{name}`: outcomes {seen:?}");
+    for e in expected {
+        assert!(
+            seen.contains_key(e),
+            "loom model `{name}` never reached outcome `{e}` (reached: {seen:?})"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -8,7 +8,7 @@ use freelane_queue::{BoundedQueue, Queue, RequestTable};
 use freelane_sync::atomic::{AtomicUsize, Ordering};
 use freelane_sync::sync::Arc;
 use freelane_sync::thread;
-use loom_tests::{run_model, run_model_bounded};
+use loom_tests::{run_model, run_model_bounded, run_model_outcomes};
 
 /// Counts drops so a model can check every value is dropped exactly once.
 struct Tracked(u32, Arc<AtomicUsize>);
@@ -214,39 +214,36 @@ fn queue_two_consumers_then_drop_drops_each_once() {
     });
 }
 
-/// At capacity 1, two producers race `try_push` while a consumer pops: the queue never holds
-/// more than one value, a refused value is given back intact, and accepted values are conserved.
+/// At capacity 1, full from the start: a producer's `try_push` races the consumer's `pop`. The
+/// push is accepted exactly when the pop has freed the slot (both outcomes happen), a refused
+/// value comes back intact, the queue never holds more than one value, and values come out in
+/// order and conserved. (With an empty queue and two producers, loom only ever explored the
+/// pop finding nothing, and a pop that freed the slot before reading the value passed.)
 #[test]
 fn bounded_queue_at_capacity_never_overfills() {
-    run_model("bounded::at_capacity", || {
+    run_model_outcomes("bounded::at_capacity", &["accepted", "refused"], || {
         let q = Arc::new(BoundedQueue::with_capacity(1));
-        let producers: Vec<_> = [1u32, 2]
-            .into_iter()
-            .map(|v| {
-                let q = Arc::clone(&q);
-                thread::spawn(move || match q.try_push(v) {
-                    Ok(()) => Some(v),
-                    Err(full) => {
-                        assert_eq!(full.into_inner(), v);
-                        None
-                    }
-                })
+        q.try_push(0u32).unwrap();
+        let producer = {
+            let q = Arc::clone(&q);
+            thread::spawn(move || match q.try_push(1) {
+                Ok(()) => true,
+                Err(full) => {
+                    assert_eq!(full.into_inner(), 1);
+                    false
+                }
             })
-            .collect();
-        // The main thread is the consumer (a fourth thread makes the model too large).
-        let mut out: Vec<u32> = q.pop().into_iter().collect();
-        let mut accepted: Vec<u32> = producers
-            .into_iter()
-            .filter_map(|p| p.join().unwrap())
-            .collect();
+        };
+        assert_eq!(q.pop(), Some(0), "the value already queued comes out first");
+        let accepted = producer.join().unwrap();
         assert!(q.len() <= 1);
-        out.extend(q.pop());
+        assert_eq!(q.pop(), accepted.then_some(1));
         assert_eq!(q.pop(), None);
-        accepted.sort_unstable();
-        out.sort_unstable();
-        assert_eq!(accepted, out);
-        // Without a pop completing in between, the second push must have been refused.
-        assert!(!accepted.is_empty());
+        if accepted {
+            "accepted"
+        } else {
+            "refused"
+        }
     });
 }
 
@@ -289,7 +286,10 @@ fn request_table_stale_ticket_never_reaches_new_entry() {
 }
 
 /// A reader inside `with` and a concurrent `remove` of the same entry: the remover waits for the
-/// reader, so the reader always sees the whole value and the value is dropped once.
+/// reader, so the value is never dropped while the reader is inside, the reader sees the whole
+/// value, and the value is dropped once. The reader yields inside its closure so that loom
+/// schedules the remover there (without it a remove that does not wait passed this model), and
+/// checks the value's drop counter (a remove that does not wait fails it).
 #[test]
 fn request_table_remove_waits_for_reader() {
     run_model("table::remove_vs_reader", || {
@@ -298,7 +298,16 @@ fn request_table_remove_waits_for_reader() {
         let t = table.insert(Tracked(7, Arc::clone(&drops))).ok().unwrap();
         let reader = {
             let table = Arc::clone(&table);
-            thread::spawn(move || table.with(t, |v| v.0))
+            let drops = Arc::clone(&drops);
+            thread::spawn(move || {
+                table.with(t, |v| {
+                    thread::yield_now();
+                    // Relaxed: `remove` waits for this reader before it moves the value out, so
+                    // a drop would happen-after this load; seeing it means it did not wait.
+                    assert_eq!(drops.load(Ordering::Relaxed), 0, "dropped under a reader");
+                    v.0
+                })
+            })
         };
         let removed = table.remove(t).map(|v| v.0);
         assert_eq!(removed, Some(7));

@@ -152,6 +152,30 @@ mod tests {
         assert_eq!(c.get(), 4 * (N + 10));
     }
 
+    /// More threads than the largest stripe count (16), so threads share stripes and their
+    /// adds race on the same cells: a non-atomic add loses counts here (with 4 threads each had
+    /// a stripe of its own).
+    #[test]
+    fn counter_is_exact_with_more_threads_than_stripes() {
+        const THREADS: u64 = 40;
+        const N: u64 = if cfg!(miri) { 20 } else { 20_000 };
+        let c = std::sync::Arc::new(Counter::new());
+        let ts: Vec<_> = (0..THREADS)
+            .map(|_| {
+                let c = std::sync::Arc::clone(&c);
+                std::thread::spawn(move || {
+                    for _ in 0..N {
+                        c.inc();
+                    }
+                })
+            })
+            .collect();
+        for t in ts {
+            t.join().unwrap();
+        }
+        assert_eq!(c.get(), THREADS * N);
+    }
+
     #[test]
     fn gauge_goes_up_and_down() {
         let g = Gauge::new();
