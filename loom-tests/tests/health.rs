@@ -230,9 +230,23 @@ fn pick_with_health_never_returns_a_failed_over_gpu() {
         let monitor = thread::spawn(move || {
             t2.mark_unhealthy(GpuId(0)).unwrap();
         });
+        let said_yes = std::cell::Cell::new([false; 2]);
         let g = board
-            .pick_and_acquire(Policy::LeastLoaded, 1, |g| table.is_usable(g))
+            .pick_and_acquire(Policy::LeastLoaded, 1, |g| {
+                let ok = table.is_usable(g);
+                if ok {
+                    let mut s = said_yes.get();
+                    s[g.index()] = true;
+                    said_yes.set(s);
+                }
+                ok
+            })
             .expect("gpu 1 stays usable");
+        assert!(
+            said_yes.get()[g.gpu().index()],
+            "picked {} although this call found it unusable",
+            g.gpu()
+        );
         drop(g);
         monitor.join().unwrap();
         for _ in 0..2 {

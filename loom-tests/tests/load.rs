@@ -6,7 +6,7 @@ use std::sync::Arc; // LoadBoard::acquire takes `self: &Arc<Self>` (std Arc; see
 use freelane_load::{GpuId, LoadBoard, Policy};
 use freelane_sync::atomic::{AtomicBool, Ordering};
 use freelane_sync::thread;
-use loom_tests::run_model;
+use loom_tests::{run_model, run_model_outcomes};
 
 /// Two routers acquire (directly and through `pick_and_acquire`) and release concurrently: while
 /// a guard is live its GPU's counters include it, and once both are joined every counter is back
@@ -44,9 +44,9 @@ fn acquire_release_from_two_threads_balances_to_zero() {
     });
 }
 
-/// Two routers reserve at selection time on a 2-GPU board: with `LeastLoaded`, if one router's
-/// reservation is visible when the other picks, they split. In every interleaving the balance
-/// returns to zero and each pick lands on an eligible GPU.
+/// Two routers (`PowerOfTwoChoices` and `LeastLoaded`) reserve at selection time on a board
+/// whose GPU 1 is ineligible: in every interleaving each pick lands on an eligible GPU and the
+/// balance returns to zero. (That they split is checked by the next model.)
 #[test]
 fn concurrent_pick_and_acquire_only_lands_on_eligible_gpus() {
     run_model("load::pick_eligible", || {
@@ -69,6 +69,60 @@ fn concurrent_pick_and_acquire_only_lands_on_eligible_gpus() {
         assert!(other == GpuId(0) || other == GpuId(2));
         drop(g);
         assert!((0..3).all(|i| board.load(GpuId(i)) == 0));
+    });
+}
+
+/// Two `LeastLoaded` routers on a board whose GPU 1 is ineligible: when the second router picks
+/// after the first one's reservation is visible (it saw the first router's Release flag, set
+/// after its acquire), it picks the other eligible GPU. Both orders are reached. (The previous
+/// model never checked this; a least-loaded pick that ignored the loads passed every load model.)
+#[test]
+fn least_loaded_routers_split_once_a_reservation_is_visible() {
+    run_model_outcomes("load::least_loaded_split", &["after", "raced"], || {
+        let board = Arc::new(LoadBoard::new(3));
+        let acquired = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicBool::new(false));
+        let first = {
+            let (board, acquired, done) =
+                (Arc::clone(&board), Arc::clone(&acquired), Arc::clone(&done));
+            thread::spawn(move || {
+                let g = board
+                    .pick_and_acquire(Policy::LeastLoaded, 1, |g| g != GpuId(1))
+                    .unwrap();
+                // Release: the reservation above happens-before a pick that sees this flag.
+                acquired.store(true, Ordering::Release);
+                // Hold the reservation until the other router has picked.
+                // Acquire: pairs with the Release store below (only ends the wait).
+                while !done.load(Ordering::Acquire) {
+                    thread::yield_now();
+                }
+                g.gpu()
+            })
+        };
+        // Acquire: pairs with the Release store above.
+        let after = acquired.load(Ordering::Acquire);
+        let g = board
+            .pick_and_acquire(Policy::LeastLoaded, 1, |g| g != GpuId(1))
+            .unwrap();
+        // Release: see the wait above.
+        done.store(true, Ordering::Release);
+        let other = first.join().unwrap();
+        assert_ne!(g.gpu(), GpuId(1));
+        assert_ne!(other, GpuId(1));
+        if after {
+            assert_ne!(
+                g.gpu(),
+                other,
+                "picked the GPU the other router had reserved"
+            );
+        }
+        drop(g);
+        assert!((0..3).all(|i| board.load(GpuId(i)) == 0));
+        if after {
+            "after"
+        } else {
+            "raced"
+        }
     });
 }
 

@@ -637,12 +637,18 @@ fn random(state: &AtomicU64) -> u64 {
 
 const STRESS_PER_THREAD: u64 = if cfg!(miri) { 20 } else { 3_000 };
 
-/// Outcome bookkeeping shared by the stress tests.
+/// Outcome bookkeeping shared by the stress tests: one outcome per submitted id (each handle
+/// resolves once by construction, since answering takes the handle's sender, so this checks
+/// the tests' own bookkeeping), completed values are the right ones, and the kinds are counted
+/// for the callers' checks against the coordinator's statistics.
 fn check_outcomes(outcomes: Vec<(u64, Outcome<(u32, u64)>)>, submitted: u64) -> [u64; 4] {
     let mut seen = HashSet::new();
     let mut kinds = [0u64; 4];
     for (id, o) in outcomes {
-        assert!(seen.insert(id), "request {id} answered twice");
+        assert!(
+            seen.insert(id),
+            "request id {id} collected twice by the test"
+        );
         match o {
             Outcome::Completed((_, v)) => {
                 assert_eq!(v, id * 2);
