@@ -387,8 +387,8 @@ struct Slot {
     transitions: [AtomicU64; 16],
 }
 
-/// Per-GPU health: a seqlock'd [`GpuRecord`] per GPU, a one-atomic-load [`is_usable`]
-/// (HealthTable::is_usable) for routers, and the failover/recovery state machine.
+/// Per-GPU health: a seqlock'd [`GpuRecord`] per GPU, a one-atomic-load
+/// [`is_usable`](HealthTable::is_usable) for routers, and the failover/recovery state machine.
 ///
 /// See the [crate documentation](crate) for the state machine, guarantees and orderings.
 pub struct HealthTable {
