@@ -134,7 +134,7 @@ pub struct Args {
     #[arg(long, env = "FREELANE_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
 
-    /// Model weights (safetensors: embed [256,d], w1 [k*d,h], b1 [h], w2 [h,256], b2 [256], f32).
+    /// Model weights (safetensors, f32: embed 256 x d, w1 k*d x h, b1 h, w2 h x 256, b2 256).
     /// Default: weights generated from --seed.
     #[arg(long, env = "FREELANE_WEIGHTS")]
     pub weights: Option<PathBuf>,
