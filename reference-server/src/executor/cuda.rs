@@ -18,8 +18,9 @@
 //!   (doubling) only if a step ever brings more rows, so a lane allocates nothing per step.
 //! - Per step only the inputs (token ids, per-row temperature and uniform, packed into one
 //!   buffer) go host -> device and only the `B` next tokens come back.
-//! - A failed CUDA call returns an [`EngineError`] (the lane is marked unhealthy and the
-//!   coordinator's failover moves its work to the other lanes); it never panics the lane.
+//! - A failed CUDA call returns an [`EngineError`](super::engine::EngineError) (the lane is
+//!   marked unhealthy and the coordinator's failover moves its work to the other lanes); it
+//!   never panics the lane.
 //! - Temperature 0 picks the same token as [`crate::model::sample_row`] on the same logits
 //!   (argmax, ties to the lowest id, NaN never wins). With temperature > 0 the device uses the
 //!   same host-drawn uniform and the same summation order, so it can differ from the CPU only

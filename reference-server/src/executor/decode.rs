@@ -2,8 +2,8 @@
 //!
 //! A [`Decoder`] holds the active sequences of one lane. Between steps the executor admits new
 //! sequences (up to the lane's max batch size) and retires finished ones, so a short request
-//! never waits for a long one. Each [`Decoder::step`] is exactly one engine call over all active
-//! sequences.
+//! never waits for a long one. Each [`Decoder::step_with`] is exactly one engine call over all
+//! active sequences.
 //!
 //! Every [`Job`] carries a concrete seed (drawn by the HTTP layer when the client gave none), so a
 //! job re-run from scratch on another lane after a failover produces the same tokens; its
