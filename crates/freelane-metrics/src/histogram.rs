@@ -415,7 +415,8 @@ mod tests {
     /// a record that was not atomic would pass).
     #[test]
     fn stripes_from_many_threads_merge_exactly() {
-        const T: u64 = 80;
+        // Under miri (slow threads) fewer threads: it checks memory safety, not the races.
+        const T: u64 = if cfg!(miri) { 8 } else { 80 };
         const N: u64 = if cfg!(miri) { 5 } else { 20_000 };
         let h = std::sync::Arc::new(Histogram::new());
         let threads: Vec<_> = (0..T)
@@ -436,6 +437,6 @@ mod tests {
         let s = h.snapshot();
         assert_eq!(s.count(), T * N);
         assert_eq!(s.sum(), T * (0..N).map(|i| i % 64).sum::<u64>());
-        assert_eq!((s.min(), s.max()), (0, 63));
+        assert_eq!((s.min(), s.max()), (0, N.min(64) - 1));
     }
 }
