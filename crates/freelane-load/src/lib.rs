@@ -48,7 +48,8 @@
 //!
 //! # Implementation
 //! **Layout: packed, read-mostly load words.** Each GPU's load is one `AtomicU64`: the in-flight
-//! count in the top 24 bits and the outstanding cost in the low 40 bits. The words of eight
+//! count in the low 24 bits and the load score (in-flight count plus outstanding cost, what
+//! picks compare) in the top 40 bits, so a pick reads a GPU's score with one mask. The words of eight
 //! GPUs share one cache-padded block, so `LeastLoaded` reads all eight GPUs with one cache-line
 //! fetch; an acquire is one compare-and-swap of that word (retried only if the word changed
 //! since it was read; plus one RMW on this thread's allocation stripe) and a release one RMW. The measurements found per-GPU
@@ -79,11 +80,12 @@
 //! modification order. Threads that want to read a quiescent zero synchronize through something
 //! else (a join, a channel), which supplies the happens-before edge. See `docs/ORDERINGS.md`.
 //!
-//! **Overflow.** A GPU may hold up to [`MAX_IN_FLIGHT`] guards and [`MAX_COST`] outstanding
-//! cost. `try_acquire` checks both limits against the current word and adds in the same
-//! compare-and-swap, so a word never holds more than the limits allow; an acquire that would
-//! exceed one returns [`LoadError::Overflow`] and changes nothing. The cost of a single acquire
-//! is clamped to [`MAX_COST`].
+//! **Overflow.** A GPU may hold up to [`MAX_IN_FLIGHT`] guards, and its load score (in-flight
+//! count plus outstanding cost) is at most [`MAX_LOAD`] (`2^40 - 1`). `try_acquire` checks both
+//! limits against the current word and adds in the same compare-and-swap, so a word never holds
+//! more than the limits allow; an acquire that would exceed one returns [`LoadError::Overflow`]
+//! and changes nothing. The cost of a single acquire is clamped to [`MAX_COST`]
+//! (`MAX_LOAD - 1`, so one request of any cost fits on an idle GPU).
 //!
 //! **Randomness.** `PowerOfTwoChoices` and tie-breaking use a thread-local xorshift generator
 //! seeded on first use from `std`'s `RandomState`: no shared RNG state. An unweighted
@@ -112,17 +114,18 @@ use std::sync::Arc;
 use freelane_sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use freelane_sync::CachePadded;
 
-/// Bits of the packed load word that hold the outstanding cost.
-const COST_BITS: u32 = 40;
-/// Mask of the cost field in a packed load word.
-const COST_MASK: u64 = (1 << COST_BITS) - 1;
-/// One in-flight request in packed form.
-const ONE_IN_FLIGHT: u64 = 1 << COST_BITS;
+/// Bits of the packed load word below the load score: they hold the in-flight count.
+const LOAD_SHIFT: u32 = 24;
+/// Mask of the in-flight field in a packed load word.
+const IN_FLIGHT_MASK: u64 = (1 << LOAD_SHIFT) - 1;
 /// The most guards one GPU can hold at once (`2^24 - 1`).
-pub const MAX_IN_FLIGHT: u64 = (1 << (64 - COST_BITS)) - 1;
-/// The most outstanding cost one GPU can hold (`2^40 - 1`); a single acquire's cost is clamped
-/// to it.
-pub const MAX_COST: u64 = COST_MASK;
+pub const MAX_IN_FLIGHT: u64 = IN_FLIGHT_MASK;
+/// The largest load score (in-flight count plus outstanding cost) one GPU can hold
+/// (`2^40 - 1`).
+pub const MAX_LOAD: u64 = (1 << (64 - LOAD_SHIFT)) - 1;
+/// The largest cost of a single acquire (`2^40 - 2`, so that it fits on an idle GPU); larger
+/// costs are clamped to it.
+pub const MAX_COST: u64 = MAX_LOAD - 1;
 
 /// Most GPUs one board tracks: 2^20, far beyond any single serving process, and a bound on the
 /// board's memory (about 420 bytes per GPU, so at most ~440 MB) so that a bad size is an error
@@ -132,6 +135,8 @@ pub const MAX_GPUS: usize = 1 << 20;
 /// mask). `MAX_GPUS` is below 2^23, so every unweighted board takes the branch-free scan.
 const RANK_BITS: u32 = 23;
 const _: () = assert!(MAX_GPUS <= 1 << RANK_BITS);
+// The least-loaded key puts the rank where the in-flight field was (see `pick_least_loaded`).
+const _: () = assert!(RANK_BITS <= LOAD_SHIFT);
 /// Mask of the rank in a pick key.
 const RANK_MASK: u64 = (1 << RANK_BITS) - 1;
 /// GPUs per cache-padded block of packed load words.
@@ -238,7 +243,8 @@ pub enum LoadError {
         /// How many GPUs the board has.
         gpus: usize,
     },
-    /// The GPU already holds [`MAX_IN_FLIGHT`] guards or the cost would exceed [`MAX_COST`].
+    /// The GPU already holds [`MAX_IN_FLIGHT`] guards or its load score (in-flight count plus
+    /// outstanding cost) would exceed [`MAX_LOAD`].
     Overflow {
         /// The GPU whose counters are full.
         gpu: GpuId,
@@ -263,7 +269,7 @@ impl fmt::Display for LoadError {
             }
             LoadError::Overflow { gpu } => write!(
                 f,
-                "load counters of {gpu} are full (at most {MAX_IN_FLIGHT} in flight and {MAX_COST} outstanding cost)"
+                "load counters of {gpu} are full (at most {MAX_IN_FLIGHT} in flight, and in-flight count plus outstanding cost at most {MAX_LOAD})"
             ),
             LoadError::ZeroWeight { gpu } => {
                 write!(f, "capacity weight of {gpu} is zero (weights must be at least 1)")
@@ -340,7 +346,7 @@ impl fmt::Debug for LoadBoard {
         let loads: Vec<(u64, u64)> = (0..self.gpus)
             .map(|g| {
                 let w = self.word(g);
-                (w >> COST_BITS, w & COST_MASK)
+                (in_flight_of(w), cost_of(w))
             })
             .collect();
         f.debug_struct("LoadBoard")
@@ -445,7 +451,7 @@ impl LoadBoard {
     #[inline]
     pub fn in_flight(&self, gpu: GpuId) -> u64 {
         if gpu.index() < self.gpus {
-            self.word(gpu.index()) >> COST_BITS
+            in_flight_of(self.word(gpu.index()))
         } else {
             0
         }
@@ -455,7 +461,7 @@ impl LoadBoard {
     #[inline]
     pub fn cost(&self, gpu: GpuId) -> u64 {
         if gpu.index() < self.gpus {
-            self.word(gpu.index()) & COST_MASK
+            cost_of(self.word(gpu.index()))
         } else {
             0
         }
@@ -488,11 +494,11 @@ impl LoadBoard {
             .fold(0u64, u64::wrapping_add);
         // Relaxed: as above.
         let failures = self.failures[g].load(Ordering::Relaxed);
-        let in_flight = w >> COST_BITS;
+        let in_flight = in_flight_of(w);
         Some(GpuStats {
             gpu,
             in_flight,
-            cost: w & COST_MASK,
+            cost: cost_of(w),
             allocations,
             releases: allocations.saturating_sub(in_flight),
             failures,
@@ -538,12 +544,18 @@ impl LoadBoard {
     #[inline]
     pub fn try_acquire(self: &Arc<Self>, gpu: GpuId, cost: u64) -> Result<LoadGuard, LoadError> {
         let delta = self.add(gpu, cost)?;
-        Ok(LoadGuard {
+        Ok(self.guard(gpu, delta))
+    }
+
+    /// The guard for `delta` just added to `gpu` (on the board).
+    #[inline]
+    fn guard(self: &Arc<Self>, gpu: GpuId, delta: u64) -> LoadGuard {
+        LoadGuard {
             word: NonNull::from(self.slot(gpu.index())),
             failures: NonNull::from(&*self.failures[gpu.index()]),
             gpu,
             delta,
-        })
+        }
     }
 
     /// Picks a GPU for which `eligible` returns `true`, by `policy`; `None` when none is
@@ -552,10 +564,39 @@ impl LoadBoard {
     #[inline]
     pub fn pick(&self, policy: Policy, eligible: impl Fn(GpuId) -> bool) -> Option<GpuId> {
         match policy {
-            Policy::LeastLoaded => self.pick_least_loaded(&eligible),
-            Policy::PowerOfTwoChoices => self.pick_two_choices(&eligible),
             Policy::RoundRobin => self.pick_round_robin(&eligible),
+            _ => self.pick_with(policy, &eligible, rng::next()),
         }
+    }
+
+    /// `pick` with the random bits `r` for the tie-break or the two choices.
+    #[inline]
+    fn pick_with(
+        &self,
+        policy: Policy,
+        eligible: &impl Fn(GpuId) -> bool,
+        r: u64,
+    ) -> Option<GpuId> {
+        match policy {
+            Policy::LeastLoaded => self.pick_least_loaded(eligible, r),
+            Policy::PowerOfTwoChoices => self.pick_two_choices(eligible, r),
+            Policy::RoundRobin => self.pick_round_robin(eligible),
+        }
+    }
+
+    /// Picks and adds `cost` in one go, reading this thread's local state (random bits and
+    /// statistics row) once for both.
+    #[inline]
+    fn pick_and_add(
+        &self,
+        policy: Policy,
+        cost: u64,
+        eligible: &impl Fn(GpuId) -> bool,
+    ) -> Option<(GpuId, u64)> {
+        let (r, stripe) = rng::next_and_stripe();
+        let gpu = self.pick_with(policy, eligible, r)?;
+        let delta = self.add_with(gpu, cost, stripe).ok()?;
+        Some((gpu, delta))
     }
 
     /// Picks like [`pick`](Self::pick) and immediately acquires `cost` on the chosen GPU, so
@@ -569,8 +610,8 @@ impl LoadBoard {
         cost: u64,
         eligible: impl Fn(GpuId) -> bool,
     ) -> Option<LoadGuard> {
-        let gpu = self.pick(policy, eligible)?;
-        self.try_acquire(gpu, cost).ok()
+        let (gpu, delta) = self.pick_and_add(policy, cost, &eligible)?;
+        Some(self.guard(gpu, delta))
     }
 
     /// Like [`try_acquire`](Self::try_acquire) but returns a guard that borrows the board
@@ -600,13 +641,23 @@ impl LoadBoard {
         cost: u64,
         eligible: impl Fn(GpuId) -> bool,
     ) -> Option<LocalLoadGuard<'_>> {
-        let gpu = self.pick(policy, eligible)?;
-        self.try_acquire_local(gpu, cost).ok()
+        let (gpu, delta) = self.pick_and_add(policy, cost, &eligible)?;
+        Some(LocalLoadGuard {
+            board: self,
+            gpu,
+            delta,
+        })
     }
 
     /// Adds one request of `cost` to `gpu`; returns the packed delta to subtract on release.
     #[inline]
     fn add(&self, gpu: GpuId, cost: u64) -> Result<u64, LoadError> {
+        self.add_with(gpu, cost, rng::stripe())
+    }
+
+    /// `add`, counting the allocation in statistics row `stripe` (from `rng::stripe`).
+    #[inline]
+    fn add_with(&self, gpu: GpuId, cost: u64, stripe: (usize, bool)) -> Result<u64, LoadError> {
         let g = gpu.index();
         if g >= self.gpus {
             return Err(LoadError::UnknownGpu {
@@ -615,12 +666,13 @@ impl LoadBoard {
             });
         }
         let cost = cost.min(MAX_COST);
-        let delta = ONE_IN_FLIGHT + cost;
+        // One in flight, and its load unit plus its cost on the score.
+        let delta = ((1 + cost) << LOAD_SHIFT) | 1;
         let slot = self.slot(g);
         // Count the allocation first, on this thread's own line, so that the shared load word's
         // add and the guard's subtract are not separated by another RMW (on 2 threads that gap
         // let the other router take the line in between). An overflow undoes it below.
-        let (row, own) = rng::stripe();
+        let (row, own) = stripe;
         let alloc =
             &self.allocations[row * self.blocks.len() + g / WORDS_PER_BLOCK][g % WORDS_PER_BLOCK];
         count(alloc, own, 1);
@@ -631,7 +683,7 @@ impl LoadBoard {
         // Relaxed: a first guess for the CAS, which validates it.
         let mut cur = slot.load(Ordering::Relaxed);
         loop {
-            if cur >> COST_BITS >= MAX_IN_FLIGHT || (cur & COST_MASK) > MAX_COST - cost {
+            if in_flight_of(cur) >= MAX_IN_FLIGHT || score(cur) > MAX_LOAD - 1 - cost {
                 count(alloc, own, u64::MAX); // undo the statistic above (adds -1)
                 return Err(LoadError::Overflow { gpu });
             }
@@ -665,7 +717,7 @@ impl LoadBoard {
     }
 
     #[inline]
-    fn pick_least_loaded(&self, eligible: &impl Fn(GpuId) -> bool) -> Option<GpuId> {
+    fn pick_least_loaded(&self, eligible: &impl Fn(GpuId) -> bool, r: u64) -> Option<GpuId> {
         let n = self.gpus;
         if n == 0 {
             return None;
@@ -673,21 +725,23 @@ impl LoadBoard {
         if self.weights.is_none() && n <= 1 << RANK_BITS {
             // Unweighted fast path: one forward pass over the packed words, no division, no
             // data-dependent branches. Each eligible GPU `g` gets the key
-            // `score << RANK_BITS | (g ^ mask)` and an ineligible one `u64::MAX`; the least key
+            // `score << LOAD_SHIFT | (g ^ mask)` and an ineligible one `u64::MAX`; the least key
             // is the least load. `mask` is a uniformly random GPU index per call: XOR with it
             // permutes the indices (below the next power of two of `n`, hence below
             // 2^RANK_BITS), and XOR again recovers the winner. When every eligible GPU is tied
             // (e.g. an idle board) the winner is `mask` itself, so ties are spread uniformly;
             // among a subset of tied GPUs every one can win. (A rotation would do the same but
             // costs a select per GPU: measured 24 vs 13.5 ns per pick + acquire + release.)
-            // A score is below 2^41 (`MAX_IN_FLIGHT + MAX_COST`), so a real key never reaches
-            // `u64::MAX`.
-            let mask = if n == 1 { 0 } else { rng::below(n) };
+            // The score is the word's top 40 bits, so the key is the word with its in-flight
+            // bits replaced by the rank (one AND and one OR, no unpacking; that unpacking
+            // measured about a tenth of a pick + acquire + release). A real key never reaches
+            // `u64::MAX`: its rank is below 2^RANK_BITS < 2^LOAD_SHIFT.
+            let mask = if n == 1 { 0 } else { rng::below(r, n) };
             let key = |g: usize, word: &AtomicU64| {
                 // Relaxed: a statistical snapshot; the counter publishes no other data.
-                let sc = score(word.load(Ordering::Relaxed));
+                let w = word.load(Ordering::Relaxed);
                 if eligible(GpuId(g as u32)) {
-                    (sc << RANK_BITS) | (g ^ mask) as u64
+                    (w & !IN_FLIGHT_MASK) | (g ^ mask) as u64
                 } else {
                     u64::MAX
                 }
@@ -720,7 +774,7 @@ impl LoadBoard {
         }
         // A random rotation breaks ties differently per call: among equal loads the first
         // eligible GPU at or after `start` wins.
-        let start = if n == 1 { 0 } else { rng::below(n) };
+        let start = if n == 1 { 0 } else { rng::below(r, n) };
         let mut best: Option<(usize, u64)> = None;
         for k in 0..n {
             let g = if start + k >= n {
@@ -761,12 +815,11 @@ impl LoadBoard {
     }
 
     #[inline]
-    fn pick_two_choices(&self, eligible: &impl Fn(GpuId) -> bool) -> Option<GpuId> {
+    fn pick_two_choices(&self, eligible: &impl Fn(GpuId) -> bool, r: u64) -> Option<GpuId> {
         let n = self.gpus;
         if n == 0 {
             return None;
         }
-        let r = rng::next();
         let (i, j) = (reduce(r as u32, n), reduce((r >> 32) as u32, n));
         let a = self.first_eligible_from(i, None, eligible)?;
         let Some(b) = self.first_eligible_from(j, Some(a), eligible) else {
@@ -813,7 +866,19 @@ fn count(counter: &AtomicU64, own: bool, delta: u64) {
 /// The load score of a packed word: in-flight requests plus outstanding cost.
 #[inline]
 fn score(word: u64) -> u64 {
-    (word >> COST_BITS) + (word & COST_MASK)
+    word >> LOAD_SHIFT
+}
+
+/// The in-flight count of a packed word.
+#[inline]
+fn in_flight_of(word: u64) -> u64 {
+    word & IN_FLIGHT_MASK
+}
+
+/// The outstanding cost of a packed word (its score less one unit per request in flight).
+#[inline]
+fn cost_of(word: u64) -> u64 {
+    score(word) - in_flight_of(word)
 }
 
 /// Maps a uniform `u32` onto `0..n` (Lemire's multiply-shift; `n <= 2^32`).
@@ -853,7 +918,7 @@ impl LoadGuard {
     /// The cost this guard added (after clamping to [`MAX_COST`]).
     #[inline]
     pub fn cost(&self) -> u64 {
-        self.delta & COST_MASK
+        (self.delta >> LOAD_SHIFT) - 1
     }
 
     /// Records a failure of this request on its GPU (see [`LoadBoard::record_failure`]) and
@@ -973,7 +1038,7 @@ impl Drop for LoadBoard {
         let live = (0..self.gpus).any(|g| {
             // Acquire: pairs with the Release subtract in `release`, so each guard's last access
             // happens-before the free below.
-            self.slot(g).load(Ordering::Acquire) >> COST_BITS != 0
+            in_flight_of(self.slot(g).load(Ordering::Acquire)) != 0
         });
         if !live {
             // SAFETY: no guard is live (see above) and `&mut self` excludes every borrow of the
@@ -1008,7 +1073,7 @@ impl LocalLoadGuard<'_> {
     /// The cost this guard added (after clamping to [`MAX_COST`]).
     #[inline]
     pub fn cost(&self) -> u64 {
-        self.delta & COST_MASK
+        (self.delta >> LOAD_SHIFT) - 1
     }
 
     /// Records a failure of this request on its GPU and releases the load.
@@ -1034,27 +1099,64 @@ impl Drop for LocalLoadGuard<'_> {
     }
 }
 
-/// The thread-local xorshift generator (no shared RNG state) and the thread's statistics stripe.
+/// The thread-local xorshift generator (no shared RNG state) and the thread's statistics stripe,
+/// kept in one thread-local so that a pick-and-acquire reads it once.
 mod rng {
     use std::cell::Cell;
 
+    /// This thread's generator state and statistics row.
     #[cfg(not(freelane_loom))]
-    std::thread_local! {
+    struct Local {
         /// 0 until first use, then the xorshift state (never 0 again).
-        static STATE: Cell<u64> = const { Cell::new(0) };
+        state: Cell<u64>,
         /// `usize::MAX` until first use, then this thread's stripe (an owned row is handed
         /// back when the thread exits).
-        static STRIPE: Row = const { Row(Cell::new(usize::MAX)) };
+        row: Cell<usize>,
     }
 
-    /// This thread's row of the statistics counters; returns an owned row on thread exit.
     #[cfg(not(freelane_loom))]
-    struct Row(Cell<usize>);
+    std::thread_local! {
+        static LOCAL: Local = const {
+            Local {
+                state: Cell::new(0),
+                row: Cell::new(usize::MAX),
+            }
+        };
+    }
 
     #[cfg(not(freelane_loom))]
-    impl Drop for Row {
+    impl Local {
+        /// The next 64 random bits (xorshift64*).
+        #[inline]
+        fn next(&self) -> u64 {
+            let mut x = self.state.get();
+            if x == 0 {
+                x = seed();
+            }
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            self.state.set(x);
+            x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+
+        /// This thread's row and whether it owns it (see `stripe`).
+        #[inline]
+        fn stripe(&self) -> (usize, bool) {
+            let mut r = self.row.get();
+            if r == usize::MAX {
+                r = claim_row();
+                self.row.set(r);
+            }
+            (r, r < super::OWNED_ROWS)
+        }
+    }
+
+    /// Returns an owned row on thread exit.
+    #[cfg(not(freelane_loom))]
+    impl Drop for Local {
         fn drop(&mut self) {
-            let r = self.0.get();
+            let r = self.row.get();
             if r < super::OWNED_ROWS {
                 // Release: this thread's last stores to the row's counters happen-before the
                 // next owner's Acquire claim, so its loads start from our final counts.
@@ -1114,27 +1216,47 @@ mod rng {
         s | 1
     }
 
+    /// Random bits for a thread whose thread-locals are already destroyed (a pick from another
+    /// thread-local's destructor): a splitmix64 step over a shared counter. Rare; any bits do.
+    #[cfg(not(freelane_loom))]
+    #[cold]
+    fn late_random() -> u64 {
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        // Relaxed: only makes successive draws differ; no data is published through it.
+        let mut z = COUNTER
+            .fetch_add(0x9E37_79B9_7F4A_7C15, std::sync::atomic::Ordering::Relaxed)
+            .wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
     /// The next 64 random bits (xorshift64*).
     #[inline]
     pub(crate) fn next() -> u64 {
-        STATE.with(|c| {
-            let mut x = c.get();
-            #[cfg(not(freelane_loom))]
-            if x == 0 {
-                x = seed();
-            }
-            x ^= x >> 12;
-            x ^= x << 25;
-            x ^= x >> 27;
-            c.set(x);
-            x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        })
+        #[cfg(not(freelane_loom))]
+        {
+            LOCAL
+                .try_with(Local::next)
+                .unwrap_or_else(|_| late_random())
+        }
+        #[cfg(freelane_loom)]
+        {
+            STATE.with(|c| {
+                let mut x = c.get();
+                x ^= x >> 12;
+                x ^= x << 25;
+                x ^= x >> 27;
+                c.set(x);
+                x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+            })
+        }
     }
 
-    /// A random index in `0..n` (`n >= 1`).
+    /// An index in `0..n` (`n >= 1`) from the random bits `r` (their upper half).
     #[inline]
-    pub(crate) fn below(n: usize) -> usize {
-        super::reduce((next() >> 32) as u32, n)
+    pub(crate) fn below(r: u64, n: usize) -> usize {
+        super::reduce((r >> 32) as u32, n)
     }
 
     /// This thread's row of the striped statistics counters (`0..STRIPES`) and whether the row
@@ -1146,21 +1268,29 @@ mod rng {
     pub(crate) fn stripe() -> (usize, bool) {
         #[cfg(not(freelane_loom))]
         {
-            STRIPE
-                .try_with(|c| {
-                    let mut r = c.0.get();
-                    if r == usize::MAX {
-                        r = claim_row();
-                        c.0.set(r);
-                    }
-                    (r, r < super::OWNED_ROWS)
-                })
+            LOCAL
+                .try_with(Local::stripe)
                 .unwrap_or((super::STRIPES - 1, false))
         }
         #[cfg(freelane_loom)]
         {
             // One shared row under loom: every thread counts with RMWs.
             (0, false)
+        }
+    }
+
+    /// `next()` and `stripe()` from one access to the thread-local.
+    #[inline]
+    pub(crate) fn next_and_stripe() -> (u64, (usize, bool)) {
+        #[cfg(not(freelane_loom))]
+        {
+            LOCAL
+                .try_with(|l| (l.next(), l.stripe()))
+                .unwrap_or_else(|_| (late_random(), (super::STRIPES - 1, false)))
+        }
+        #[cfg(freelane_loom)]
+        {
+            (next(), stripe())
         }
     }
 }
@@ -1211,23 +1341,31 @@ mod tests {
     #[test]
     fn overflow_is_reported_and_leaves_the_board_unchanged() {
         let b = Arc::new(LoadBoard::new(1));
-        let big = b.acquire(GpuId(0), MAX_COST);
-        assert_eq!(b.cost(GpuId(0)), MAX_COST);
-        assert_eq!(
-            b.try_acquire(GpuId(0), 1).unwrap_err(),
-            LoadError::Overflow { gpu: GpuId(0) }
-        );
-        assert_eq!((b.in_flight(GpuId(0)), b.cost(GpuId(0))), (1, MAX_COST));
+        let big = b.acquire(GpuId(0), MAX_COST - 1);
+        assert_eq!(b.cost(GpuId(0)), MAX_COST - 1);
+        assert_eq!(b.load(GpuId(0)), MAX_LOAD - 1);
+        let overflow = Err(LoadError::Overflow { gpu: GpuId(0) });
+        assert_eq!(b.try_acquire(GpuId(0), 1).map(|g| g.cost()), overflow);
+        assert_eq!((b.in_flight(GpuId(0)), b.cost(GpuId(0))), (1, MAX_COST - 1));
+        // The last unit of load fits a request of cost 0; then nothing does.
         let zero = b.acquire(GpuId(0), 0);
-        assert_eq!(b.in_flight(GpuId(0)), 2);
+        assert_eq!((b.in_flight(GpuId(0)), b.load(GpuId(0))), (2, MAX_LOAD));
+        assert_eq!(b.try_acquire(GpuId(0), 0).map(|g| g.cost()), overflow);
+        assert_eq!((b.in_flight(GpuId(0)), b.cost(GpuId(0))), (2, MAX_COST - 1));
         drop((big, zero));
         assert_eq!((b.in_flight(GpuId(0)), b.cost(GpuId(0))), (0, 0));
-        // Clamping: a cost above MAX_COST is clamped, and released exactly.
+        // Clamping: a cost above MAX_COST is clamped, fits an idle GPU, and is released exactly.
         let g = b.acquire(GpuId(0), u64::MAX);
         assert_eq!(g.cost(), MAX_COST);
+        assert_eq!((b.in_flight(GpuId(0)), b.load(GpuId(0))), (1, MAX_LOAD));
         drop(g);
         assert_eq!(b.cost(GpuId(0)), 0);
         assert_eq!(b.stats(GpuId(0)).unwrap().allocations, 3);
+    }
+
+    /// A packed load word (test presets).
+    fn pack(in_flight: u64, cost: u64) -> u64 {
+        ((in_flight + cost) << LOAD_SHIFT) | in_flight
     }
 
     /// Presets GPU 0's word, races `try_acquire` with each of `costs` on its own thread (every
@@ -1286,20 +1424,21 @@ mod tests {
     fn racing_acquires_on_a_full_word_never_change_it() {
         // A full in-flight field. With an add-then-undo, the racing adds wrapped it to 0 in
         // between and one could admit itself (then the board read 0 with 2^24 guards live).
-        race_refused_acquires(MAX_IN_FLIGHT << COST_BITS, &[0, 0]);
+        race_refused_acquires(pack(MAX_IN_FLIGHT, 0), &[0, 0]);
     }
 
     #[test]
     fn racing_cost_overflows_never_carry() {
         // Room for a cost of 5 only: costs 10 and 6 must both be refused every time (with an
         // add-then-undo both could be admitted, the excess carrying into the in-flight field).
-        race_refused_acquires(MAX_COST - 5, &[10, 6]);
+        race_refused_acquires(pack(0, MAX_COST - 5), &[10, 6]);
         let b = Arc::new(LoadBoard::new(1));
-        b.slot(0).store(MAX_COST - 5, Ordering::Relaxed);
+        b.slot(0).store(pack(0, MAX_COST - 5), Ordering::Relaxed);
         let g = b.try_acquire(GpuId(0), 5).unwrap();
         assert_eq!((b.in_flight(GpuId(0)), b.cost(GpuId(0))), (1, MAX_COST));
+        assert_eq!(b.load(GpuId(0)), MAX_LOAD);
         drop(g);
-        assert_eq!(b.slot(0).load(Ordering::Relaxed), MAX_COST - 5);
+        assert_eq!(b.slot(0).load(Ordering::Relaxed), pack(0, MAX_COST - 5));
         b.slot(0).store(0, Ordering::Relaxed);
     }
 
@@ -1324,8 +1463,7 @@ mod tests {
     fn in_flight_overflow_is_detected() {
         let b = Arc::new(LoadBoard::new(1));
         // Simulate a full in-flight field without creating 16M guards.
-        b.slot(0)
-            .store(MAX_IN_FLIGHT << COST_BITS, Ordering::Relaxed);
+        b.slot(0).store(pack(MAX_IN_FLIGHT, 0), Ordering::Relaxed);
         assert_eq!(
             b.try_acquire(GpuId(0), 0).unwrap_err(),
             LoadError::Overflow { gpu: GpuId(0) }
