@@ -98,6 +98,47 @@ impl Mpmc for concurrent_queue::ConcurrentQueue<u64> {
     }
 }
 
+impl Mpmc for faa_array_queue::FaaArrayQueue<u64> {
+    fn put(&self, v: u64) -> bool {
+        self.enqueue(v);
+        true
+    }
+    fn take(&self) -> Option<u64> {
+        self.dequeue()
+    }
+    /// No length: its producers never pause for the backlog (see `handoff_trial`).
+    fn count(&self) -> usize {
+        0
+    }
+}
+
+impl Mpmc for lfqueue::UnboundedQueue<u64> {
+    fn put(&self, v: u64) -> bool {
+        self.enqueue(v);
+        true
+    }
+    fn take(&self) -> Option<u64> {
+        self.dequeue()
+    }
+    /// No length: its producers never pause for the backlog (see `handoff_trial`).
+    fn count(&self) -> usize {
+        0
+    }
+}
+
+impl Mpmc for lfqueue::AllocBoundedQueue<u64> {
+    fn put(&self, v: u64) -> bool {
+        self.enqueue(v).is_ok()
+    }
+    fn take(&self) -> Option<u64> {
+        self.dequeue()
+    }
+    /// No length; bounded at 1024, far below the backlog limit, so it is never consulted.
+    fn count(&self) -> usize {
+        0
+    }
+}
+
 /// Both ends of a channel.
 struct Chan<S, R>(S, R);
 
@@ -162,6 +203,12 @@ fn unbounded_candidates() -> Vec<(&'static str, Factory)> {
         ("crossbeam ArrayQueue(1024)", || {
             Arc::new(crossbeam_queue::ArrayQueue::<u64>::new(1024))
         }),
+        ("faa_array_queue (FAA, boxes)", || {
+            Arc::new(faa_array_queue::FaaArrayQueue::<u64>::default())
+        }),
+        ("lfqueue unbounded (LSCQ)", || {
+            Arc::new(lfqueue::UnboundedQueue::<u64>::new())
+        }),
         ("concurrent-queue unbounded", || {
             Arc::new(concurrent_queue::ConcurrentQueue::<u64>::unbounded())
         }),
@@ -193,10 +240,16 @@ fn bounded_candidates() -> Vec<(&'static str, Factory)> {
         ("concurrent-queue bounded(1024)", || {
             Arc::new(concurrent_queue::ConcurrentQueue::<u64>::bounded(1024))
         }),
+        ("lfqueue bounded(1024) (SCQ)", || {
+            Arc::new(lfqueue::AllocBoundedQueue::<u64>::new(1024))
+        }),
     ]
 }
 
 /// One hand-off trial: `pairs` producers and `pairs` consumers for `dur`; returns pops/s.
+///
+/// Candidates without a length (`count` returns 0) never pause, so their backlog is unbounded
+/// within a trial.
 fn handoff_trial(make: Factory, pairs: usize, dur: Duration) -> f64 {
     let q = make();
     let (ops, elapsed) = run_threads(2 * pairs, dur, move |t, stop| {
