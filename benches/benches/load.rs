@@ -1,5 +1,6 @@
 //! Load board pick-least-of-8 + acquire + release at 1 / 2 / 4 / 8 threads: freelane
-//! `LoadBoard` (packed load words) vs an unpadded `[AtomicU64; 8]` scan, a cache-padded
+//! `LoadBoard` (packed load words) vs an unpadded `[AtomicU64; 8]` scan (as allocated in an `Arc`,
+//! and on one aligned line as the board keeps its words), a cache-padded
 //! per-GPU counter scan and padded exact counters with a packed snapshot line for the pick (the
 //! layout trade-off), std `Mutex<[u64; 8]>` and parking_lot
 //! `Mutex<[u64; 8]>`. Throughput medians of interleaved rounds, plus the p99.9 latency of one
@@ -75,6 +76,24 @@ fn least(loads: impl Iterator<Item = u64>) -> usize {
 
 struct Unpadded([AtomicU64; GPUS]);
 impl Board for Unpadded {
+    fn acquire(self: &Arc<Self>) -> usize {
+        // Relaxed: counters only (same reasoning as LoadBoard).
+        let g = least(self.0.iter().map(|a| a.load(Ordering::Relaxed)));
+        self.0[g].fetch_add(1, Ordering::Relaxed);
+        g
+    }
+    fn release(&self, g: usize) {
+        self.0[g].fetch_sub(1, Ordering::Relaxed);
+    }
+    fn total(&self) -> u64 {
+        self.0.iter().map(|a| a.load(Ordering::Relaxed)).sum()
+    }
+}
+
+/// The same scan with its eight words on one cache-aligned line, as the LoadBoard keeps them
+/// (`Unpadded` sits after the `Arc` header, so its words straddle two lines).
+struct AlignedUnpadded(CachePadded<[AtomicU64; GPUS]>);
+impl Board for AlignedUnpadded {
     fn acquire(self: &Arc<Self>) -> usize {
         // Relaxed: counters only (same reasoning as LoadBoard).
         let g = least(self.0.iter().map(|a| a.load(Ordering::Relaxed)));
@@ -211,6 +230,9 @@ fn main() {
     let fl = Arc::new(Freelane(Arc::new(LoadBoard::new(GPUS))));
     let flb = Arc::new(FreelaneLocal(LoadBoard::new(GPUS)));
     let un = Arc::new(Unpadded(std::array::from_fn(|_| AtomicU64::new(0))));
+    let al = Arc::new(AlignedUnpadded(CachePadded::new(std::array::from_fn(
+        |_| AtomicU64::new(0),
+    ))));
     let pd = Arc::new(Padded(std::array::from_fn(|_| {
         CachePadded::new(AtomicU64::new(0))
     })));
@@ -221,7 +243,7 @@ fn main() {
     let sm = Arc::new(StdMutex(Mutex::new([0; GPUS])));
     let pl = Arc::new(PlMutex(parking_lot::Mutex::new([0; GPUS])));
     for threads in [1, 2, 4, 8] {
-        let lats: Vec<Mutex<Vec<u64>>> = (0..7).map(|_| Mutex::new(Vec::new())).collect();
+        let lats: Vec<Mutex<Vec<u64>>> = (0..8).map(|_| Mutex::new(Vec::new())).collect();
         let mut cands = vec![
             Candidate {
                 name: "freelane LoadBoard (local)",
@@ -250,6 +272,10 @@ fn main() {
             Candidate {
                 name: "padded + packed snapshot",
                 trial: Box::new(|| trial(&sn, threads, dur, &lats[6])),
+            },
+            Candidate {
+                name: "unpadded, one aligned line",
+                trial: Box::new(|| trial(&al, threads, dur, &lats[7])),
             },
         ];
         let out = interleaved(reps, &mut cands);
