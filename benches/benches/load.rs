@@ -74,37 +74,45 @@ fn least(loads: impl Iterator<Item = u64>) -> usize {
     best.0
 }
 
-struct Unpadded([AtomicU64; GPUS]);
-impl Board for Unpadded {
-    fn acquire(self: &Arc<Self>) -> usize {
-        // Relaxed: counters only (same reasoning as LoadBoard).
-        let g = least(self.0.iter().map(|a| a.load(Ordering::Relaxed)));
-        self.0[g].fetch_add(1, Ordering::Relaxed);
-        g
+/// The bare scan over eight unpadded words, stored as `S`: a plain array (inside the `Arc`,
+/// after its header, so the words straddle two lines) or one cache-aligned line, as the
+/// LoadBoard keeps its words.
+struct Unpadded<S>(S);
+
+/// Storage for `Unpadded`'s words.
+trait Words: Send + Sync + 'static {
+    fn words(&self) -> &[AtomicU64; GPUS];
+}
+impl Words for [AtomicU64; GPUS] {
+    fn words(&self) -> &[AtomicU64; GPUS] {
+        self
     }
-    fn release(&self, g: usize) {
-        self.0[g].fetch_sub(1, Ordering::Relaxed);
-    }
-    fn total(&self) -> u64 {
-        self.0.iter().map(|a| a.load(Ordering::Relaxed)).sum()
+}
+impl Words for CachePadded<[AtomicU64; GPUS]> {
+    fn words(&self) -> &[AtomicU64; GPUS] {
+        self
     }
 }
 
-/// The same scan with its eight words on one cache-aligned line, as the LoadBoard keeps them
-/// (`Unpadded` sits after the `Arc` header, so its words straddle two lines).
-struct AlignedUnpadded(CachePadded<[AtomicU64; GPUS]>);
-impl Board for AlignedUnpadded {
+impl<S: Words> Board for Unpadded<S> {
     fn acquire(self: &Arc<Self>) -> usize {
+        let w = self.0.words();
         // Relaxed: counters only (same reasoning as LoadBoard).
-        let g = least(self.0.iter().map(|a| a.load(Ordering::Relaxed)));
-        self.0[g].fetch_add(1, Ordering::Relaxed);
+        let g = least(w.iter().map(|a| a.load(Ordering::Relaxed)));
+        w[g].fetch_add(1, Ordering::Relaxed);
         g
     }
     fn release(&self, g: usize) {
-        self.0[g].fetch_sub(1, Ordering::Relaxed);
+        // Relaxed: as above.
+        self.0.words()[g].fetch_sub(1, Ordering::Relaxed);
     }
     fn total(&self) -> u64 {
-        self.0.iter().map(|a| a.load(Ordering::Relaxed)).sum()
+        // Relaxed: read after the trial's threads are joined.
+        self.0
+            .words()
+            .iter()
+            .map(|a| a.load(Ordering::Relaxed))
+            .sum()
     }
 }
 
@@ -230,9 +238,9 @@ fn main() {
     let fl = Arc::new(Freelane(Arc::new(LoadBoard::new(GPUS))));
     let flb = Arc::new(FreelaneLocal(LoadBoard::new(GPUS)));
     let un = Arc::new(Unpadded(std::array::from_fn(|_| AtomicU64::new(0))));
-    let al = Arc::new(AlignedUnpadded(CachePadded::new(std::array::from_fn(
-        |_| AtomicU64::new(0),
-    ))));
+    let al = Arc::new(Unpadded(CachePadded::new(std::array::from_fn(|_| {
+        AtomicU64::new(0)
+    }))));
     let pd = Arc::new(Padded(std::array::from_fn(|_| {
         CachePadded::new(AtomicU64::new(0))
     })));

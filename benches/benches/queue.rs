@@ -98,46 +98,34 @@ impl Mpmc for concurrent_queue::ConcurrentQueue<u64> {
     }
 }
 
-impl Mpmc for faa_array_queue::FaaArrayQueue<u64> {
-    fn put(&self, v: u64) -> bool {
-        self.enqueue(v);
-        true
-    }
-    fn take(&self) -> Option<u64> {
-        self.dequeue()
-    }
-    /// No length: its producers never pause for the backlog (see `handoff_trial`).
-    fn count(&self) -> usize {
-        0
-    }
+/// A peer with `enqueue` / `dequeue` and no length: `count` returns 0, so its producers never
+/// pause for the backlog (see `handoff_trial`; the bounded one never gets near it).
+macro_rules! peer_without_len {
+    ($ty:ty, |$q:ident, $v:ident| $put:expr) => {
+        impl Mpmc for $ty {
+            fn put(&self, $v: u64) -> bool {
+                let $q = self;
+                $put
+            }
+            fn take(&self) -> Option<u64> {
+                self.dequeue()
+            }
+            fn count(&self) -> usize {
+                0
+            }
+        }
+    };
 }
 
-impl Mpmc for lfqueue::UnboundedQueue<u64> {
-    fn put(&self, v: u64) -> bool {
-        self.enqueue(v);
-        true
-    }
-    fn take(&self) -> Option<u64> {
-        self.dequeue()
-    }
-    /// No length: its producers never pause for the backlog (see `handoff_trial`).
-    fn count(&self) -> usize {
-        0
-    }
-}
-
-impl Mpmc for lfqueue::AllocBoundedQueue<u64> {
-    fn put(&self, v: u64) -> bool {
-        self.enqueue(v).is_ok()
-    }
-    fn take(&self) -> Option<u64> {
-        self.dequeue()
-    }
-    /// No length; bounded at 1024, far below the backlog limit, so it is never consulted.
-    fn count(&self) -> usize {
-        0
-    }
-}
+peer_without_len!(faa_array_queue::FaaArrayQueue<u64>, |q, v| {
+    q.enqueue(v);
+    true
+});
+peer_without_len!(lfqueue::UnboundedQueue<u64>, |q, v| {
+    q.enqueue(v);
+    true
+});
+peer_without_len!(lfqueue::AllocBoundedQueue<u64>, |q, v| q.enqueue(v).is_ok());
 
 /// Both ends of a channel.
 struct Chan<S, R>(S, R);
