@@ -173,3 +173,54 @@ fn pick_never_returns_an_ineligible_gpu_while_eligibility_changes() {
         }
     });
 }
+
+/// Two routers race for the last unit of load on a GPU (a held guard of cost `MAX_COST - 1`
+/// leaves room for exactly one request of cost 0) while a third thread watches the counters:
+/// exactly one is admitted, the other gets `Overflow`, the watcher never sees the load past
+/// `MAX_LOAD` or below the held guard's (an add-then-undo would show both: a transient excess,
+/// or the score field wrapping to 0), and everything returns to zero. Both routers win in some
+/// interleaving.
+#[test]
+fn racing_acquires_for_the_last_unit_admit_exactly_one() {
+    use freelane_load::{LoadError, MAX_COST, MAX_LOAD};
+    run_model_outcomes("load::limit_race", &["first", "second"], || {
+        let board = Arc::new(LoadBoard::new(1));
+        let held = board.acquire(GpuId(0), MAX_COST - 1);
+        assert_eq!(board.load(GpuId(0)), MAX_LOAD - 1);
+        let racers: Vec<_> = (0..2)
+            .map(|_| {
+                let b = Arc::clone(&board);
+                thread::spawn(move || match b.try_acquire(GpuId(0), 0) {
+                    Ok(g) => Some(g),
+                    Err(LoadError::Overflow { .. }) => None,
+                    Err(e) => panic!("unexpected error {e}"),
+                })
+            })
+            .collect();
+        let watcher = {
+            let b = Arc::clone(&board);
+            thread::spawn(move || {
+                let load = b.load(GpuId(0));
+                assert!(
+                    (MAX_LOAD - 1..=MAX_LOAD).contains(&load),
+                    "load {load} outside [MAX_LOAD - 1, MAX_LOAD] while a guard is held"
+                );
+                assert!((1..=2).contains(&b.in_flight(GpuId(0))));
+            })
+        };
+        let results: Vec<_> = racers.into_iter().map(|t| t.join().unwrap()).collect();
+        watcher.join().unwrap();
+        let admitted = results.iter().filter(|r| r.is_some()).count();
+        assert_eq!(admitted, 1, "exactly one router fits");
+        assert_eq!(board.load(GpuId(0)), MAX_LOAD);
+        let outcome = if results[0].is_some() {
+            "first"
+        } else {
+            "second"
+        };
+        drop(results);
+        drop(held);
+        assert_eq!((board.in_flight(GpuId(0)), board.load(GpuId(0))), (0, 0));
+        outcome
+    });
+}
