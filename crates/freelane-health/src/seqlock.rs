@@ -90,7 +90,6 @@ impl<T: std::panic::UnwindSafe> std::panic::UnwindSafe for SeqLock<T> {}
 /// lies inside initialised memory. `repr(C)`: `zeros` directly follows `value`.
 #[cfg(not(freelane_loom))]
 #[repr(C)]
-#[derive(Clone, Copy)]
 struct Padded<T> {
     value: T,
     zeros: [u8; 8],
