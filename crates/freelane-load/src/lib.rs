@@ -49,7 +49,8 @@
 //! # Implementation
 //! **Layout: packed, read-mostly load words.** Each GPU's load is one `AtomicU64`: the in-flight
 //! count in the low 24 bits and the load score (in-flight count plus outstanding cost, what
-//! picks compare) in the top 40 bits, so a pick reads a GPU's score with one mask. The words of eight
+//! picks compare) in the top 40 bits, so the least-loaded scan's key for a GPU is its word with
+//! the low 24 bits masked off and replaced by a rank, without unpacking. The words of eight
 //! GPUs share one cache-padded block, so `LeastLoaded` reads all eight GPUs with one cache-line
 //! fetch; an acquire is one compare-and-swap of that word (retried only if the word changed
 //! since it was read; plus one RMW on this thread's allocation stripe) and a release one RMW. The measurements found per-GPU
@@ -88,7 +89,9 @@
 //! (`MAX_LOAD - 1`, so one request of any cost fits on an idle GPU).
 //!
 //! **Randomness.** `PowerOfTwoChoices` and tie-breaking use a thread-local xorshift generator
-//! seeded on first use from `std`'s `RandomState`: no shared RNG state. An unweighted
+//! seeded on first use from `std`'s `RandomState`: no shared RNG state (except for a thread
+//! that picks from another thread-local's destructor after ours was destroyed, which draws
+//! from a shared splitmix64 counter). An unweighted
 //! `LeastLoaded` pick breaks ties by XOR-ing the GPU indices with a uniformly random GPU index
 //! (a permutation per call: a full tie goes to a uniformly random GPU, and every GPU of a partial
 //! tie can win); weighted picks break ties by a random rotation. Under loom the generator is a `loom::thread_local!` with a fixed seed, so models
@@ -325,7 +328,7 @@ const _: () = assert!(OWNED_ROWS < STRIPES && OWNED_ROWS <= 32);
 ///
 /// See the [crate documentation](crate) for the guarantees and the layout.
 pub struct LoadBoard {
-    /// Packed load words (`in_flight << 40 | cost`), eight GPUs per padded block. `LoadGuard`s
+    /// Packed load words (`(in_flight + cost) << 24 | in_flight`), eight GPUs per padded block. `LoadGuard`s
     /// point into it; freed on drop only when no guard is live (see `Drop for LoadBoard`).
     blocks: HeapSlice<CachePadded<[AtomicU64; WORDS_PER_BLOCK]>>,
     /// Allocation counters, `STRIPES` rows of `blocks.len()` padded blocks: row `s` counts GPU
@@ -1365,6 +1368,7 @@ mod tests {
 
     /// A packed load word (test presets).
     fn pack(in_flight: u64, cost: u64) -> u64 {
+        assert!(in_flight <= MAX_IN_FLIGHT && in_flight + cost <= MAX_LOAD);
         ((in_flight + cost) << LOAD_SHIFT) | in_flight
     }
 
@@ -1430,7 +1434,8 @@ mod tests {
     #[test]
     fn racing_cost_overflows_never_carry() {
         // Room for a cost of 5 only: costs 10 and 6 must both be refused every time (with an
-        // add-then-undo both could be admitted, the excess carrying into the in-flight field).
+        // add-then-undo both could be admitted, and two excesses at the top of the word would
+        // wrap the score past bit 63).
         race_refused_acquires(pack(0, MAX_COST - 5), &[10, 6]);
         let b = Arc::new(LoadBoard::new(1));
         b.slot(0).store(pack(0, MAX_COST - 5), Ordering::Relaxed);
