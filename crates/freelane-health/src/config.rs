@@ -76,6 +76,13 @@ impl HealthConfig {
     pub fn heartbeat_timeout(&self) -> Duration {
         Duration::from_nanos(self.heartbeat_timeout_ns)
     }
+
+    /// Whether `silence_ns` since the last heartbeat reaches the timeout. A timeout clamped to
+    /// `u64::MAX` ns never fires (a clock that saturates at `u64::MAX` ns since the epoch would
+    /// otherwise reach it).
+    pub(crate) fn is_silent(&self, silence_ns: u64) -> bool {
+        self.heartbeat_timeout_ns != u64::MAX && silence_ns >= self.heartbeat_timeout_ns
+    }
 }
 
 /// Builder of [`HealthConfig`] (by-value setters, validated by [`build`](Self::build)).
@@ -102,7 +109,9 @@ impl HealthConfigBuilder {
         self.config.degraded_error_rate = rate;
         self
     }
-    /// Error-rate EWMA that makes a Degraded GPU Unhealthy (default 0.5; at most 1).
+    /// Error-rate EWMA that makes a Degraded GPU Unhealthy (default 0.5; at most 1). 1.0 is
+    /// reachable: the EWMA is snapped to 1 once it is within 4 ULPs of it (in floating point
+    /// it would otherwise stall just below 1 for small alphas).
     pub fn unhealthy_error_rate(mut self, rate: f64) -> Self {
         self.config.unhealthy_error_rate = rate;
         self

@@ -71,12 +71,14 @@
 //!   by [`HealthConfigBuilder::build`].
 //!
 //! # Implementation
-//! [`SeqLock`] stores a `T: bytemuck::Pod` as `ceil(size_of::<T>()/8)` `AtomicU64` words right
-//! after its sequence word, in one boxed block of 64-byte-aligned lines sized at construction
-//! (stable Rust cannot size an array by `size_of::<T>()` in generic code, and loom's atomics must
-//! be constructed, not transmuted), and uses Boehm's
-//! fence recipe (see [`SeqLock`] and `docs/ORDERINGS.md`): writers CAS the sequence odd
-//! (Acquire) + `fence(Release)`, store the words Relaxed, store the even sequence (Release);
+//! [`SeqLock`] stores a `T: bytemuck::Pod` inline, right after its sequence word in one
+//! 64-byte-aligned struct, and reads and writes it as `ceil(size_of::<T>()/8)` `AtomicU64` words
+//! made over that memory with `AtomicU64::from_ptr` (the value is followed by 8 zero bytes so the
+//! last word stays inside initialised memory; under loom the words are a boxed slice of loom
+//! atomics instead, with the same protocol code). It uses Boehm's fence recipe (see [`SeqLock`]
+//! and `docs/ORDERINGS.md`): a writer takes the lock bit with a CAS (Acquire), marks the
+//! sequence as storing + `fence(Release)`, stores the words Relaxed, and stores the next even
+//! sequence (Release);
 //! readers load the sequence (Acquire), the words (Relaxed), `fence(Acquire)`, and re-check the
 //! sequence. Every access is atomic, so there is no data race (unlike the `seqlock` crate's or
 //! crossbeam `AtomicCell`'s volatile reads of racing memory) and loom can check it.
@@ -86,8 +88,9 @@
 //! `SeqLock<GpuRecord>` and 16 transition counters. All writes go through
 //! `SeqLock::update`, which runs the pure `step` function of the state machine on a copy of
 //! the record and then updates the counters and the state byte before the new record is
-//! published. The only `unsafe` code is `SeqLock::word`, which makes the atomic payload words over the
-//! lock's inline memory (see its SAFETY comment); miri checks it.
+//! published. The `unsafe` code is `SeqLock::word`, which makes the atomic payload words over the
+//! lock's inline memory, and the `Send`/`Sync` impls that go with it (see their SAFETY
+//! comments); miri checks them.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 

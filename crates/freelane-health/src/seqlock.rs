@@ -97,6 +97,7 @@ struct Padded<T> {
 
 /// The record's storage: inline memory accessed as atomic words (see the type docs).
 #[cfg(not(freelane_loom))]
+#[repr(transparent)]
 struct Data<T>(std::cell::UnsafeCell<Padded<T>>);
 
 /// The record's storage under loom: one loom atomic per word.
@@ -233,8 +234,9 @@ impl<T: Pod> SeqLock<T> {
         let mut value = T::zeroed();
         self.load_words(&mut value);
         // Acquire: if any word load above read a value stored by a writer that has since
-        // started (after `s1`), this fence synchronizes with that writer's Release fence in
-        // `lock`, so its odd sequence store is visible to the reload below.
+        // started (after `s1`), this fence synchronizes with that writer's Release fence (in
+        // `lock` or `publish`, after it marked the sequence storing), so that storing mark is
+        // visible to the reload below.
         fence(Ordering::Acquire);
         // Relaxed: ordered after the word loads by the fence above.
         let s2 = self.seq().load(Ordering::Relaxed);

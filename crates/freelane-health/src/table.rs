@@ -303,6 +303,11 @@ pub(crate) fn step(
             rec.consecutive_failures = rec.consecutive_failures.saturating_add(1);
             rec.consecutive_successes = 0;
             rec.error_rate += a * (1.0 - rec.error_rate);
+            // In floating point the EWMA stalls a few ULPs below 1 (at 1 - 2^-52 for alpha
+            // 0.2), which would make an `unhealthy_error_rate` of 1.0 unreachable: snap it.
+            if 1.0 - rec.error_rate <= 4.0 * f64::EPSILON {
+                rec.error_rate = 1.0;
+            }
             match state {
                 Healthy if rec.consecutive_failures >= c.degrade_after_failures => {
                     Some((Degraded, Cause::Failures))
@@ -327,7 +332,7 @@ pub(crate) fn step(
                 // Only a heartbeat newer than the last one counts toward recovery (a late or
                 // duplicate one says nothing new), and a silence of `heartbeat_timeout` since
                 // the last one restarts the count even if no `check_heartbeats` ran during it.
-                if now_ns - previous >= c.heartbeat_timeout_ns {
+                if c.is_silent(now_ns - previous) {
                     rec.heartbeats_since_unhealthy = 0;
                 }
                 rec.heartbeats_since_unhealthy = rec.heartbeats_since_unhealthy.saturating_add(1);
@@ -338,7 +343,7 @@ pub(crate) fn step(
             }
         }
         Event::Check { now_ns } => {
-            let silent = now_ns.saturating_sub(rec.last_heartbeat_ns) >= c.heartbeat_timeout_ns;
+            let silent = c.is_silent(now_ns.saturating_sub(rec.last_heartbeat_ns));
             if !silent {
                 None
             } else if state == Unhealthy {
@@ -588,7 +593,10 @@ impl HealthTable {
         for g in 0..self.slots.len() {
             let gpu = GpuId(g as u32);
             let rec = self.slots[g].record.read();
-            if now_ns.saturating_sub(rec.last_heartbeat_ns) < self.config.heartbeat_timeout_ns {
+            if !self
+                .config
+                .is_silent(now_ns.saturating_sub(rec.last_heartbeat_ns))
+            {
                 continue;
             }
             if let Ok(Some(t)) = self.apply(gpu, Event::Check { now_ns }) {

@@ -275,3 +275,49 @@ fn table_and_seqlock_are_send_and_sync() {
     check::<crate::SeqLock<crate::GpuRecord>>();
     assert_eq!(std::mem::size_of::<crate::GpuRecord>(), 72);
 }
+
+#[test]
+fn a_timeout_clamped_to_u64_max_nanoseconds_never_fires() {
+    // The builder documents `Duration::MAX` as "a timeout that never fires"; the clock also
+    // saturates at u64::MAX ns since the epoch, where `silence >= timeout` used to hold.
+    let t0 = Instant::now();
+    let c = HealthConfig::builder()
+        .heartbeat_timeout(Duration::MAX)
+        .build()
+        .unwrap();
+    let t = HealthTable::with_epoch(1, c, t0);
+    let Some(late) = t0.checked_add(Duration::from_nanos(u64::MAX)) else {
+        return; // this platform's Instant cannot reach it
+    };
+    assert!(t.check_heartbeats(late).is_empty());
+    assert_eq!(t.state(GpuId(0)), GpuState::Healthy);
+    // A heartbeat that late still counts as a heartbeat, not as the end of a silence.
+    t.heartbeat(GpuId(0), late).unwrap();
+    assert_eq!(t.state(GpuId(0)), GpuState::Healthy);
+}
+
+#[test]
+fn an_unhealthy_error_rate_of_one_is_reachable_with_a_small_alpha() {
+    // r += a * (1 - r) stalls at 1 - 2^-52 for alpha 0.2, so a threshold of exactly 1.0 (which
+    // the builder accepts) was never reached; the EWMA now snaps to 1.0 there.
+    let c = HealthConfig::builder()
+        .degrade_after_failures(1)
+        .unhealthy_after_failures(u32::MAX)
+        .degraded_error_rate(0.1)
+        .unhealthy_error_rate(1.0)
+        .ewma_alpha(0.2)
+        .build()
+        .unwrap();
+    let t = HealthTable::with_epoch(1, c, Instant::now());
+    let mut last = None;
+    for _ in 0..1_000 {
+        if let Some(tr) = t.report_failure(GpuId(0)).unwrap() {
+            last = Some(tr);
+        }
+        if t.state(GpuId(0)) == GpuState::Unhealthy {
+            break;
+        }
+    }
+    assert_eq!(t.state(GpuId(0)), GpuState::Unhealthy);
+    assert_eq!(last.map(|tr| tr.cause), Some(Cause::ErrorRate));
+}

@@ -113,6 +113,9 @@ impl Plain {
                 self.consecutive_failures += 1;
                 self.consecutive_successes = 0;
                 self.error_rate += c.alpha * (1.0 - self.error_rate);
+                if 1.0 - self.error_rate <= 4.0 * f64::EPSILON {
+                    self.error_rate = 1.0; // the documented snap (see `unhealthy_error_rate`)
+                }
                 let cf = self.consecutive_failures;
                 match self.state {
                     Healthy if cf >= c.degrade || self.error_rate >= c.d_rate => self.go(Degraded),
