@@ -42,8 +42,10 @@ struct Cell<T> {
 /// Bounded multi-producer multi-consumer FIFO queue for admission control.
 ///
 /// Never holds more than [`capacity`](Self::capacity) items; [`try_push`](Self::try_push) gives
-/// the value back in [`Full`] instead. Lock-free, no allocation after construction. See the
-/// [crate docs](crate) for the protocol.
+/// the value back in [`Full`] instead. No allocation after construction. Lock-free except while a
+/// preempted peer is between claiming a position and publishing it (formally blocking, as for
+/// crossbeam's `ArrayQueue`; see the crate docs' "Progress"). See the [crate docs](crate) for
+/// the protocol.
 ///
 /// ```
 /// use freelane_queue::{BoundedQueue, Full};
@@ -72,7 +74,9 @@ impl<T> BoundedQueue<T> {
     ///
     /// # Panics
     /// If `capacity` is 0 ("BoundedQueue capacity must be at least 1"), or so large that
-    /// positions could not be numbered (more than `usize::MAX / 4`).
+    /// positions could not be numbered (more than `usize::MAX / 4`). The cells are allocated up
+    /// front, so a capacity whose buffer cannot be allocated fails as `Vec::with_capacity`
+    /// does (a capacity-overflow panic, or an abort on allocation failure).
     pub fn with_capacity(capacity: usize) -> Self {
         assert!(capacity > 0, "BoundedQueue capacity must be at least 1");
         assert!(
@@ -255,17 +259,20 @@ impl<T> BoundedQueue<T> {
 
 impl<T> Drop for BoundedQueue<T> {
     fn drop(&mut self) {
-        // Relaxed: `&mut self`; the thread that handed us exclusive access synchronized.
-        let head = self.head.load(Ordering::Relaxed);
-        let len = self.len();
-        let mut pos = head;
-        for _ in 0..len {
-            let cell = &self.buffer[pos & (self.one_lap - 1)];
-            // SAFETY: `&mut self`: no concurrent access; the `len` positions from head hold
-            // written, unconsumed values, each dropped exactly once here.
-            cell.value.with_mut(|p| unsafe { (*p).assume_init_drop() });
-            pos = self.advance(pos);
-        }
+        crate::drop_values(self, |q| {
+            for _ in 0..q.len() {
+                // Relaxed (both): `&mut self`; the thread that handed us exclusive access
+                // synchronized. Head moves past the value before it is dropped, so a rerun
+                // after a panicking drop resumes behind it.
+                let pos = q.head.load(Ordering::Relaxed);
+                q.head.store(q.advance(pos), Ordering::Relaxed);
+                let cell = &q.buffer[pos & (q.one_lap - 1)];
+                // SAFETY: `&mut self`: no concurrent access; the `len` positions from head
+                // hold written, unconsumed values, and head has moved past this one, so it is
+                // dropped exactly once, here.
+                cell.value.with_mut(|p| unsafe { (*p).assume_init_drop() });
+            }
+        });
     }
 }
 

@@ -29,11 +29,17 @@
 //!   numbered, and every segment strictly between head and tail is full); `len` is exact when no
 //!   operation is in progress.
 //! - *Nothing is lost or duplicated.* Each pushed value is popped at most once and, unless it is
-//!   still in the queue, exactly once; `Drop` drops every value still in the queue exactly once.
-//! - *Memory.* One allocation per 1024 pushes (no allocation per item). A segment is unlinked once
-//!   all its slots are consumed and freed by crossbeam-epoch after every thread pinned at that
-//!   time has unpinned, so memory stays bounded while values stream through. Operations pin the
-//!   epoch once each and never hold a guard across a wait. [`live_segments`] counts segments.
+//!   still in the queue, exactly once; `Drop` drops every value still in the queue exactly once
+//!   (also when one value's `Drop` panics: the rest are still dropped, as std's collections do;
+//!   the same holds for `BoundedQueue` and `RequestTable`).
+//! - *Memory.* Two allocations (the segment and its slot array) per segment of 1024 slots, no
+//!   allocation per item; for values over 56 bytes a segment has fewer slots (at least 32) so
+//!   that it stays near 64 KiB. A segment is unlinked once all its slots are consumed and freed
+//!   by crossbeam-epoch after every thread pinned at that time has unpinned, so memory stays
+//!   bounded while values stream through. Operations pin the epoch once each and never hold a
+//!   guard across a blocking wait (the only wait while pinned is `pop`'s bounded spin of a few
+//!   backoff steps for a producer that has claimed its slot). [`live_segments`] counts
+//!   segments.
 //!
 //! **`BoundedQueue`**
 //! - Linearizable FIFO; never holds more than `capacity` values; `try_push` on a full queue
@@ -62,7 +68,8 @@
 //!
 //! **`Queue`** (FAAArrayQueue; the argument is repeated in `docs/ORDERINGS.md`)
 //! - *Layout.* A linked list of segments; each holds `deq` and `enq` indices (cache-padded
-//!   apart), a `next` pointer and 1024 slots (2 under loom), each slot an atomic state
+//!   apart), a `next` pointer and 1024 slots (2 under loom; fewer for values over 56 bytes, see
+//!   *Memory*), each slot an atomic state
 //!   (`EMPTY`, `WRITTEN`, `TAKEN`) plus an `UnsafeCell<MaybeUninit<T>>`. The queue holds
 //!   cache-padded `head` and `tail` segment pointers.
 //! - *Push.* Pin; load `tail`; `enq.fetch_add(1)` claims index `i`. If `i < 1024`, write the value
@@ -124,6 +131,23 @@ mod queue;
 mod table;
 
 pub use bounded::{BoundedQueue, Full};
+
+/// Drops a container's remaining values with `drain`, and finishes the job if one value's
+/// `Drop` panics, as std's collections do (a second panic while unwinding aborts). `drain` must
+/// move the container past each value *before* dropping it, so that running it again resumes
+/// after the value that panicked.
+pub(crate) fn drop_values<C>(container: &mut C, drain: fn(&mut C)) {
+    /// Runs `drain` again if dropped while the first run unwinds.
+    struct Resume<'a, C>(&'a mut C, fn(&mut C));
+    impl<C> Drop for Resume<'_, C> {
+        fn drop(&mut self) {
+            (self.1)(self.0);
+        }
+    }
+    let resume = Resume(container, drain);
+    drain(&mut *resume.0);
+    core::mem::forget(resume);
+}
 pub use queue::{live_segments, Queue};
 pub use table::{RequestTable, TableFull, Ticket};
 

@@ -141,8 +141,8 @@ impl<T> Drop for Segment<T> {
 /// Unbounded multi-producer multi-consumer FIFO queue.
 ///
 /// Lock-free; one fetch-and-add plus one CAS (push) or a load and a plain store (pop) per
-/// operation in the common case; values live inline in 1024-slot segments (no allocation per
-/// item); unlinked segments are reclaimed with crossbeam-epoch. See the [crate docs](crate) for
+/// operation in the common case; values live inline in segments of 1024 slots (fewer for large
+/// values; no allocation per item); unlinked segments are reclaimed with crossbeam-epoch. See the [crate docs](crate) for
 /// the guarantees and protocol.
 ///
 /// ```
@@ -436,30 +436,47 @@ impl<T> Queue<T> {
 
 impl<T> Drop for Queue<T> {
     fn drop(&mut self) {
-        // SAFETY: `&mut self`: no other thread can access the queue; segments already retired
-        // are owned by the epoch collector and are not reachable from head.
-        let guard = unsafe { epoch::unprotected() };
-        let mut cur = self.head.load(Ordering::Relaxed, guard);
-        while !cur.is_null() {
-            // SAFETY: exclusive access (see above); each linked segment is visited once and
-            // freed by us, as it was never retired.
-            let seg = unsafe { cur.into_owned() }.into_box();
-            // Slots below `deq` were claimed by consumers, each of which either took the value
-            // or poisoned the slot; every operation has finished (we hold `&mut self`). Only
-            // slots at or past `deq` can hold live values (checking the index as well as the
-            // state keeps this independent of how a consumer marks a taken slot).
-            // Relaxed: exclusive access; the thread handing us `&mut self` synchronized.
-            let deq = seg.deq.deq.load(Ordering::Relaxed).min(seg.slots.len());
-            for slot in &seg.slots[deq..] {
-                // Relaxed: exclusive access, as above.
-                if slot.state.load(Ordering::Relaxed) == WRITTEN {
-                    // SAFETY: WRITTEN and not claimed by any consumer: initialised, dropped
-                    // exactly once here.
-                    slot.value.with_mut(|p| unsafe { (*p).assume_init_drop() });
+        crate::drop_values(self, |q| {
+            // SAFETY: `&mut self`: no other thread can access the queue; segments already
+            // retired are owned by the epoch collector and are not reachable from head.
+            let guard = unsafe { epoch::unprotected() };
+            loop {
+                // Relaxed: exclusive access; the thread handing us `&mut self` synchronized.
+                let cur = q.head.load(Ordering::Relaxed, guard);
+                if cur.is_null() {
+                    return;
                 }
+                // SAFETY: exclusive access (see above); head's segment is linked and was never
+                // retired, so it is live until we free it below.
+                let seg = unsafe { cur.deref() };
+                // Slots below `deq` were claimed by consumers, each of which either took the
+                // value or poisoned the slot; every operation has finished (we hold
+                // `&mut self`). Only slots at or past `deq` can hold live values (checking the
+                // index as well as the state keeps this independent of how a consumer marks a
+                // taken slot).
+                // Relaxed: exclusive access, as above.
+                let deq = seg.deq.deq.load(Ordering::Relaxed).min(seg.slots.len());
+                for slot in &seg.slots[deq..] {
+                    // Relaxed: exclusive access, as above.
+                    if slot.state.load(Ordering::Relaxed) == WRITTEN {
+                        // Relaxed: as above. Marked before the drop, so a rerun after a
+                        // panicking drop skips this slot.
+                        slot.state.store(TAKEN, Ordering::Relaxed);
+                        // SAFETY: WRITTEN and not claimed by any consumer: initialised, and
+                        // now marked TAKEN, so dropped exactly once, here.
+                        slot.value.with_mut(|p| unsafe { (*p).assume_init_drop() });
+                    }
+                }
+                // Relaxed: exclusive access, as above.
+                let next = seg.next.load(Ordering::Relaxed, guard);
+                // Relaxed: as above. Head moves on before the segment is freed, so a rerun
+                // never reaches it.
+                q.head.store(next, Ordering::Relaxed);
+                // SAFETY: exclusive access; the segment is unlinked from head (and tail is
+                // never read again), never retired, and its values are dropped: freed once.
+                drop(unsafe { cur.into_owned() });
             }
-            cur = seg.next.load(Ordering::Relaxed, guard);
-        }
+        });
     }
 }
 

@@ -389,14 +389,21 @@ impl<V> RequestTable<V> {
 
 impl<V> Drop for RequestTable<V> {
     fn drop(&mut self) {
-        for entry in self.entries.iter() {
-            // Relaxed: `&mut self`; whoever gave us exclusive access synchronized.
-            if entry.state.load(Ordering::Relaxed) & OCCUPIED != 0 {
-                // SAFETY: occupied and not yet moved out (remove clears OCCUPIED after moving):
-                // dropped exactly once here, with no other access possible.
-                entry.value.with_mut(|p| unsafe { (*p).assume_init_drop() });
+        crate::drop_values(self, |t| {
+            for entry in t.entries.iter() {
+                // Relaxed: `&mut self`; whoever gave us exclusive access synchronized.
+                let state = entry.state.load(Ordering::Relaxed);
+                if state & OCCUPIED != 0 {
+                    // Relaxed: as above. Cleared before the drop, so a rerun after a panicking
+                    // drop skips this entry.
+                    entry.state.store(state & !OCCUPIED, Ordering::Relaxed);
+                    // SAFETY: occupied and not yet moved out (remove clears OCCUPIED after
+                    // moving), and now marked free: dropped exactly once here, with no other
+                    // access possible.
+                    entry.value.with_mut(|p| unsafe { (*p).assume_init_drop() });
+                }
             }
-        }
+        });
     }
 }
 
