@@ -179,7 +179,8 @@ fn pick_never_returns_an_ineligible_gpu_while_eligibility_changes() {
 /// exactly one is admitted, the other gets `Overflow`, the watcher never sees the load past
 /// `MAX_LOAD` or below the held guard's (an add-then-undo would show both: a transient excess,
 /// or the score field wrapping to 0), and everything returns to zero. Both routers win in some
-/// interleaving.
+/// interleaving. One router uses `try_acquire` (a fresh read, then the CAS), the other
+/// `pick_and_acquire` (the CAS starts from the word its scan read).
 #[test]
 fn racing_acquires_for_the_last_unit_admit_exactly_one() {
     use freelane_load::{LoadError, MAX_COST, MAX_LOAD};
@@ -188,12 +189,19 @@ fn racing_acquires_for_the_last_unit_admit_exactly_one() {
         let held = board.acquire(GpuId(0), MAX_COST - 1);
         assert_eq!(board.load(GpuId(0)), MAX_LOAD - 1);
         let racers: Vec<_> = (0..2)
-            .map(|_| {
+            .map(|i| {
                 let b = Arc::clone(&board);
-                thread::spawn(move || match b.try_acquire(GpuId(0), 0) {
-                    Ok(g) => Some(g),
-                    Err(LoadError::Overflow { .. }) => None,
-                    Err(e) => panic!("unexpected error {e}"),
+                thread::spawn(move || {
+                    if i == 0 {
+                        match b.try_acquire(GpuId(0), 0) {
+                            Ok(g) => Some(g),
+                            Err(LoadError::Overflow { .. }) => None,
+                            Err(e) => panic!("unexpected error {e}"),
+                        }
+                    } else {
+                        // Starts its CAS from the word its scan read (None on overflow).
+                        b.pick_and_acquire(Policy::LeastLoaded, 0, |_| true)
+                    }
                 })
             })
             .collect();
