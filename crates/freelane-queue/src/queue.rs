@@ -548,7 +548,7 @@ mod tests {
     fn len_stalled_while_items_stream_through_never_overcounts() {
         let q = Queue::<u32>::new();
         q.push(0);
-        let rounds = if cfg!(miri) { 3 } else { 5 } * Segment::<u32>::LEN;
+        let rounds = if cfg!(miri) { 2 } else { 5 } * Segment::<u32>::LEN;
         let n = q.len_with(|| {
             for v in 0..rounds as u32 {
                 q.push(v);

@@ -42,9 +42,15 @@ fn drops_after_panicking_drop<C>(
 
 #[test]
 fn queue_drops_the_rest() {
-    // 2001 values span two segments; the armed one is in each position class.
-    let n = if cfg!(miri) { 1100 } else { 2001 };
-    for armed in [0, 5, 1023, 1024, n - 1] {
+    // 2001 values span two segments; the armed one is in each position class. Under miri (a
+    // few milliseconds per push with tree borrows) one value just past the first segment's
+    // boundary, and two positions: inside the first segment and first in the second.
+    let (n, armed_at): (usize, &[usize]) = if cfg!(miri) {
+        (1100, &[5, 1024])
+    } else {
+        (2001, &[0, 5, 1023, 1024, 2000])
+    };
+    for &armed in armed_at {
         let dropped = drops_after_panicking_drop(n, armed, Queue::new, |q, b| q.push(b));
         assert_eq!(dropped, n, "armed at {armed}");
     }
@@ -54,15 +60,21 @@ fn queue_drops_the_rest() {
 fn queue_with_some_values_popped_drops_the_rest() {
     let drops = Arc::new(AtomicUsize::new(0));
     let q = Queue::new();
-    for i in 0..1500 {
-        q.push(Bomb(i == 1200, Arc::clone(&drops)));
+    // The pops move the head into the second segment; the armed value is after it.
+    let (n, popped, armed) = if cfg!(miri) {
+        (1100, 1030, 1060)
+    } else {
+        (1500, 1100, 1200)
+    };
+    for i in 0..n {
+        q.push(Bomb(i == armed, Arc::clone(&drops)));
     }
-    for _ in 0..1100 {
+    for _ in 0..popped {
         drop(q.pop().unwrap());
     }
     assert!(catch_unwind(AssertUnwindSafe(|| drop(q))).is_err());
     // Relaxed: this thread did all the drops.
-    assert_eq!(drops.load(Ordering::Relaxed), 1500);
+    assert_eq!(drops.load(Ordering::Relaxed), n);
 }
 
 #[test]
