@@ -116,3 +116,29 @@ fn close_and_nudge_wake_the_sleeper() {
         t.join().unwrap();
     });
 }
+
+/// A producer pushes an item and then nudges while the consumer waits: the consumer takes the
+/// item and also sees the nudge, whatever the interleaving. (When the wait that reported the
+/// item also cleared the nudge, the consumer slept forever after taking it: a deadlock here.)
+#[test]
+fn nudge_racing_a_push_is_never_lost() {
+    run_model("batch::nudge_after_push", || {
+        let lane = Arc::new(Lane::<u32>::new());
+        let l2 = Arc::clone(&lane);
+        let producer = thread::spawn(move || {
+            let _ = l2.push(7);
+            l2.nudge();
+        });
+        let waker = thread_waker();
+        let (mut items, mut nudged) = (Vec::new(), false);
+        while items.is_empty() || !nudged {
+            match lane.wait_blocking(&waker, None) {
+                Some(Signal::Items) => items.extend(lane.drain()),
+                Some(Signal::Nudged) => nudged = true,
+                Some(Signal::Closed) | None => panic!("unexpected end of wait"),
+            }
+        }
+        assert_eq!(items, vec![7]);
+        producer.join().unwrap();
+    });
+}

@@ -33,7 +33,8 @@ pub struct Batch<I, O, X = ()> {
     formed: Instant,
     oldest: Option<Instant>,
     /// Set when the last `fill_from` handed the lane's front entry back for the token budget:
-    /// waiting for more items cannot help this batch (that entry is first in line).
+    /// waiting for more items cannot help this batch (that entry is served before the main
+    /// queue, behind only entries already handed back).
     budget_stop: bool,
 }
 
@@ -211,9 +212,11 @@ impl<I, O, X> Batch<I, O, X> {
                 self.answer_entry(e, Outcome::Completed(out), now);
             }
         }
-        // Every slot is free now: keep the allocation, forget the free list.
+        // Every slot is free now: keep the allocation, forget the free list and the slots that
+        // had joined (none is active any more).
         self.slots.clear();
         self.free.clear();
+        self.joined.clear();
     }
 
     /// Fails every active entry with `error`.
@@ -300,7 +303,7 @@ impl<I, O, X> Batch<I, O, X> {
                     continue;
                 }
                 if self.active > 0 && self.tokens.saturating_add(e.tokens()) > budget {
-                    // Over budget: hand it back first in line, and the rest of the claim too
+                    // Over budget: hand it back to the front queue, and the rest of the claim too
                     // (dropping the claim republishes the unpopped ones).
                     // A closed lane is drained by its closer (or by us later), so the push result
                     // needs no action here.

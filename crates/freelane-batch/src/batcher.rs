@@ -35,6 +35,26 @@ impl<I, O, X> fmt::Debug for Next<I, O, X> {
     }
 }
 
+/// A batch being formed by an `async` wait: if the future is dropped before the batch is
+/// returned, the entries it took go back to the lane's front queue, in the order they joined,
+/// instead of being answered `Failed(Dropped)` with the batch.
+struct Forming<'a, I, O, X> {
+    lane: &'a Lane<Entry<I, O, X>>,
+    batch: Option<Batch<I, O, X>>,
+}
+
+impl<I, O, X> Drop for Forming<'_, I, O, X> {
+    fn drop(&mut self) {
+        if let Some(mut batch) = self.batch.take() {
+            for e in batch.take_unfinished() {
+                // A closed lane is drained by its closer once its consumers stop (crate docs,
+                // "Shutdown"), so the push result needs no action here.
+                let _ = self.lane.push_front(e);
+            }
+        }
+    }
+}
+
 /// The consumer of one [`Lane`]: forms batches by size, token budget and `max_wait`.
 ///
 /// A batch closes when it holds `max_batch_size` entries, when its token cost reaches
@@ -97,6 +117,9 @@ impl<I, O, X> Batcher<I, O, X> {
 
     /// Waits for the next batch; `None` once the lane is closed and empty. Nudges are ignored.
     /// Needs a tokio runtime with the time driver.
+    ///
+    /// Cancel-safe: dropping the future (a `select!` branch, a timeout) while a batch is
+    /// forming hands the entries it had taken back to the lane's front queue, unanswered.
     pub async fn next_batch(&mut self) -> Option<Batch<I, O, X>> {
         loop {
             match self.next_batch_until(None).await {
@@ -108,9 +131,14 @@ impl<I, O, X> Batcher<I, O, X> {
     }
 
     /// Waits for the next batch, or a nudge, or `idle_deadline` while no batch has started.
-    /// Needs a tokio runtime with the time driver.
+    /// Needs a tokio runtime with the time driver. Cancel-safe, as
+    /// [`next_batch`](Self::next_batch) is.
     pub async fn next_batch_until(&mut self, idle_deadline: Option<Instant>) -> Next<I, O, X> {
-        let mut batch = self.empty_batch();
+        let mut forming = Forming {
+            lane: &self.lane,
+            batch: Some(self.empty_batch()),
+        };
+        let batch = forming.batch.as_mut().expect("set above");
         // Phase 1: wait for a first entry.
         loop {
             batch.fill_from(&self.lane, Instant::now());
@@ -141,10 +169,10 @@ impl<I, O, X> Batcher<I, O, X> {
             }
         }
         // Phase 2: fill until full, budget, or max_wait after the oldest arrival. Stop as soon as
-        // the lane's next entry is over budget: it stays first in line, so waiting (or polling
-        // it again, which is what the lane's "items available" signal would make us do) cannot
-        // add anything.
-        let close_at = self.close_at(&batch);
+        // the lane's next entry is over budget: it is back in the front queue, served before
+        // anything pushed later, so waiting (or polling it again, which is what the lane's
+        // "items available" signal would make us do) cannot add anything.
+        let close_at = self.close_at(batch);
         while !batch.is_full() && !batch.stopped_by_budget() {
             if Instant::now() >= close_at {
                 break;
@@ -162,7 +190,7 @@ impl<I, O, X> Batcher<I, O, X> {
             }
         }
         batch.refill_reset();
-        Next::Batch(batch)
+        Next::Batch(forming.batch.take().expect("taken only here"))
     }
 
     /// Blocking twin of [`next_batch`](Self::next_batch), for plain threads (no runtime).

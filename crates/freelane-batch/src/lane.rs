@@ -114,7 +114,9 @@ impl<T> Lane<T> {
     }
 
     /// As [`push`](Self::push), but gives `item` back when the lane already holds `capacity`
-    /// items. The bound is exact: reservations are counted before the item is queued.
+    /// items. The lane never holds more: reservations are counted before the item is queued.
+    /// A refused push briefly holds a reservation it then undoes, so a `try_push` racing it may
+    /// be refused although a slot is free at that instant.
     pub fn try_push(&self, item: T) -> Result<Pushed, Full<T>> {
         if self.admission.capacity != usize::MAX {
             // Relaxed: the reservation counter only bounds the count; it publishes no data
@@ -359,10 +361,18 @@ impl<T> Lane<T> {
         } else {
             return None;
         };
-        if s & (NUDGED | SLEEPING) != 0 {
+        // Only a reported nudge is consumed: with items queued the nudge stays set and is
+        // reported once they are taken (a batch being formed still closes on it), and a nudge
+        // that arrives after `s` was loaded is never cleared unseen.
+        let clear = if sig == Signal::Nudged {
+            NUDGED | SLEEPING
+        } else {
+            SLEEPING
+        };
+        if s & clear != 0 {
             // AcqRel: consumes the nudge (Acquire pairs with nudge()'s Release) and clears our
             // own stale SLEEPING flag so producers stop waking us.
-            self.state.fetch_and(!(NUDGED | SLEEPING), Ordering::AcqRel);
+            self.state.fetch_and(!clear, Ordering::AcqRel);
         }
         Some(sig)
     }

@@ -36,9 +36,12 @@
 //!   `max_batch_tokens` of summed cost, except that a single entry always fits an empty batch
 //!   (validated configs make `max_request_tokens <= max_batch_tokens`, so this only matters to
 //!   callers that skip that check). An entry that would overflow the budget goes back to the
-//!   lane's front queue, first in line for the next batch.
-//! - **Admission.** [`Lane::try_push`] enforces a capacity exactly: a reservation counter is
-//!   incremented before the push and decremented by claims.
+//!   lane's front queue, which is served before the main queue in FIFO order: entries already
+//!   handed back (by other batches or a failover) go before it.
+//! - **Admission.** [`Lane::try_push`] never lets the lane hold more than its capacity: a
+//!   reservation counter is incremented before the push and decremented by claims. A refused
+//!   push undoes its increment, so a `try_push` racing a refused one may itself be refused with
+//!   a slot about to free up (never the other way round).
 //! - **Shutdown.** [`Lane::close`] is an RMW on the state word, so every push is ordered before or
 //!   after it: pushes before are counted in what the closer drains; a push after learns
 //!   [`Pushed::Closed`] and drains itself. Items a consumer hands back (a dropped [`Claim`]
@@ -57,8 +60,8 @@
 //! fast path is one `Acquire` load. Blocking waits use the same protocol with a waker that
 //! unparks the thread. Timed waits use tokio's timer (async) or `park_timeout` (blocking).
 //!
-//! Lock-freedom depends on the [`freelane_queue::Queue`] underneath (lock-free once issue 3
-//! lands; a mutex placeholder before).
+//! The queues underneath are [`freelane_queue::Queue`]s (lock-free: see that crate's
+//! guarantees).
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 

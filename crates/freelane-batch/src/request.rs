@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 pub struct Request<I> {
     /// What the executor runs (a prompt, a tensor, ...).
     pub payload: I,
-    /// Cost counted against a batch's token budget (e.g. prompt + max new tokens). At least 0.
+    /// Cost counted against a batch's token budget (e.g. prompt + max new tokens).
     pub tokens: u64,
     /// After this instant the request is answered [`Outcome::TimedOut`] instead of being run.
     pub deadline: Option<Instant>,
@@ -197,6 +197,8 @@ impl OutcomeKind {
 pub struct Handle<O> {
     rx: oneshot::Receiver<Outcome<O>>,
     cancelled: bool,
+    /// The outcome was returned (by `try_outcome` or the future): there is no second one.
+    delivered: bool,
 }
 
 impl<O> Handle<O> {
@@ -207,20 +209,32 @@ impl<O> Handle<O> {
         self.rx.close();
     }
 
-    /// The outcome if it has arrived, without blocking; `None` while pending.
+    /// The outcome if it has arrived, without blocking; `None` while pending, and `None`
+    /// again after it has been returned once (each request has exactly one outcome; awaiting
+    /// the handle after that panics, as polling any completed future may).
     pub fn try_outcome(&mut self) -> Option<Outcome<O>> {
-        match self.rx.try_recv() {
-            Ok(o) => Some(o),
-            Err(oneshot::error::TryRecvError::Empty) => None,
-            Err(oneshot::error::TryRecvError::Closed) => Some(self.closed()),
+        if self.delivered {
+            return None;
         }
+        let o = match self.rx.try_recv() {
+            Ok(o) => o,
+            Err(oneshot::error::TryRecvError::Empty) => return None,
+            Err(oneshot::error::TryRecvError::Closed) => self.closed(),
+        };
+        self.delivered = true;
+        Some(o)
     }
 
     /// Blocks the current thread until the outcome arrives.
     ///
     /// # Panics
-    /// When called from within an asynchronous execution context (await the handle instead).
+    /// When called from within an asynchronous execution context (await the handle instead),
+    /// or after [`try_outcome`](Self::try_outcome) already returned the outcome.
     pub fn wait(self) -> Outcome<O> {
+        assert!(
+            !self.delivered,
+            "Handle::wait after its outcome was delivered (each request has exactly one)"
+        );
         let cancelled = self.cancelled;
         match self.rx.blocking_recv() {
             Ok(o) => o,
@@ -246,11 +260,17 @@ impl<O> Future for Handle<O> {
     type Output = Outcome<O>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome<O>> {
-        match Pin::new(&mut self.rx).poll(cx) {
-            Poll::Ready(Ok(o)) => Poll::Ready(o),
-            Poll::Ready(Err(_)) => Poll::Ready(self.closed()),
-            Poll::Pending => Poll::Pending,
-        }
+        assert!(
+            !self.delivered,
+            "Handle polled after its outcome was delivered (each request has exactly one)"
+        );
+        let o = match Pin::new(&mut self.rx).poll(cx) {
+            Poll::Ready(Ok(o)) => o,
+            Poll::Ready(Err(_)) => self.closed(),
+            Poll::Pending => return Poll::Pending,
+        };
+        self.delivered = true;
+        Poll::Ready(o)
     }
 }
 
@@ -312,6 +332,7 @@ impl<I, O, X> Entry<I, O, X> {
             Handle {
                 rx,
                 cancelled: false,
+                delivered: false,
             },
         )
     }

@@ -547,3 +547,87 @@ fn blocking_batcher_moved_to_another_thread_is_woken_by_a_push() {
         .expect("the moved batcher was not woken by the push");
     assert_eq!(got, vec![2]);
 }
+
+/// Dropping a `next_batch` future while its batch is forming (a timeout, a `select!` branch)
+/// hands the taken entries back to the lane, in order and unanswered; before, the dropped batch
+/// answered them `Failed(Dropped)`.
+#[tokio::test(flavor = "current_thread")]
+#[cfg_attr(miri, ignore)] // timing
+async fn cancelled_next_batch_hands_its_entries_back() {
+    let l = lane();
+    let mut b = Batcher::new(
+        0,
+        Arc::clone(&l),
+        config(8, u64::MAX, Duration::from_secs(10)),
+    );
+    let mut h1 = push(&l, 1, 1);
+    let mut h2 = push(&l, 2, 1);
+    let r = tokio::time::timeout(Duration::from_millis(30), b.next_batch()).await;
+    assert!(r.is_err(), "the batch was still forming (max_wait 10 s)");
+    assert_eq!(l.len(), 2, "both entries are back in the lane");
+    assert!(h1.try_outcome().is_none() && h2.try_outcome().is_none());
+    let mut batch = b.try_next_batch().expect("the entries are still there");
+    assert_eq!(payloads(&batch), [1, 2]);
+    batch.finish_all(|e| *e.payload().unwrap() * 10);
+    assert_eq!(h1.await.completed(), Some(10));
+    assert_eq!(h2.await.completed(), Some(20));
+}
+
+/// A nudge that arrives while items are queued is not consumed by the wait that reports the
+/// items: a batch forming at that moment still closes on it (`set_paused` nudges), instead of
+/// filling until `max_wait`.
+#[test]
+#[cfg_attr(miri, ignore)] // timing
+fn nudge_with_items_queued_still_closes_the_forming_batch() {
+    let l = lane();
+    let mut b = Batcher::new(
+        0,
+        Arc::clone(&l),
+        config(32, u64::MAX, Duration::from_secs(5)),
+    );
+    let _h1 = push(&l, 1, 1);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let consumer = thread::spawn(move || {
+        let mut batch = b.next_batch_blocking().unwrap();
+        tx.send((Instant::now(), batch.active())).unwrap();
+        batch.finish_all(|_| 0);
+    });
+    thread::sleep(Duration::from_millis(50)); // the consumer waits in phase 2
+    let _h2 = push(&l, 2, 1);
+    l.set_paused(true);
+    let t0 = Instant::now();
+    let (closed, n) = rx.recv().unwrap();
+    consumer.join().unwrap();
+    assert!(
+        closed.saturating_duration_since(t0) < Duration::from_secs(2),
+        "the batch of {n} closed {:?} after the pause (max_wait 5 s)",
+        closed.saturating_duration_since(t0)
+    );
+}
+
+/// `try_outcome` returns the one outcome once, then `None`; it never reports a second answer.
+#[test]
+fn try_outcome_returns_the_outcome_once() {
+    let (mut e, mut h) = entry(1, 1);
+    assert!(h.try_outcome().is_none());
+    assert!(e.answer(Outcome::Completed(5)));
+    assert_eq!(h.try_outcome().and_then(Outcome::completed), Some(5));
+    assert!(h.try_outcome().is_none());
+    assert!(h.try_outcome().is_none());
+}
+
+/// `finish_all` leaves no stale `joined` slots behind.
+#[test]
+fn finish_all_clears_joined() {
+    let l = lane();
+    let _h = push(&l, 1, 1);
+    let mut b = Batcher::new(0, Arc::clone(&l), config(8, u64::MAX, Duration::ZERO));
+    let mut batch = b.try_next_batch().unwrap();
+    batch.refill();
+    let _h2 = push(&l, 2, 1);
+    assert_eq!(batch.refill(), 1);
+    assert_eq!(batch.joined().len(), 1);
+    batch.finish_all(|_| 0);
+    assert!(batch.joined().is_empty());
+    assert_eq!(batch.active(), 0);
+}

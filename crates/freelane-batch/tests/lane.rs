@@ -249,3 +249,18 @@ proptest! {
         }
     }
 }
+
+/// A nudge is reported once the queued items are taken, not consumed by the wait that reports
+/// the items (which would lose it: `nudge` promises it is remembered).
+#[test]
+fn nudge_is_remembered_while_items_are_queued() {
+    let lane = Lane::<u8>::new();
+    let waker = thread_waker();
+    let soon = || Some(Instant::now() + Duration::from_millis(5));
+    lane.nudge();
+    let _ = lane.push(1);
+    assert_eq!(lane.wait_blocking(&waker, soon()), Some(Signal::Items));
+    assert_eq!(lane.pop(), Some(1));
+    assert_eq!(lane.wait_blocking(&waker, soon()), Some(Signal::Nudged));
+    assert_eq!(lane.wait_blocking(&waker, soon()), None, "reported once");
+}
