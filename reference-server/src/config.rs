@@ -193,6 +193,32 @@ pub struct Config {
     pub model_name: String,
 }
 
+impl Config {
+    /// The longest one engine step can take: deadlines are checked between steps, so this is
+    /// how late after its deadline a request can be answered (once per GPU it is tried on). The
+    /// sim executor sleeps `sim_step * (1 + B / 32)` for a batch of `B` (no step timeout); the
+    /// engine-thread executors (cpu, cuda) fail a step after `step_timeout`.
+    pub fn longest_step(&self) -> Duration {
+        match self.executor {
+            ExecutorKind::Sim => self
+                .sim_step
+                .saturating_add(self.sim_step.mul_f64(self.max_batch_size as f64 / 32.0)),
+            _ => self.step_timeout,
+        }
+    }
+
+    /// How long a graceful shutdown waits for open connections: the request timeout, plus two
+    /// of the longest steps (the step that runs past a request's deadline, and one more on the
+    /// GPU its failed batch is retried on), plus 2 s of slack. By then every accepted request
+    /// has been answered; what is left is a client still sending its request (never accepted)
+    /// or an idle keep-alive connection.
+    pub fn shutdown_grace(&self) -> Duration {
+        self.request_timeout
+            .saturating_add(self.longest_step().saturating_mul(2))
+            .saturating_add(Duration::from_secs(2))
+    }
+}
+
 /// Most lanes accepted (a sanity bound, not a hardware limit).
 pub const MAX_LANES: usize = 256;
 /// Largest `max_tokens` a request may ask for.
@@ -359,6 +385,47 @@ mod tests {
         assert_eq!(c.executor, ExecutorKind::Auto);
         assert_eq!(c.policy, PolicyArg::P2c);
         assert_eq!(c.body_limit, 1 << 20);
+    }
+
+    #[test]
+    fn shutdown_grace_covers_the_request_timeout_and_two_of_the_longest_steps() {
+        // Engine threads: a step fails after --step-timeout-ms.
+        let c = parse(&["--executor", "cpu", "--request-timeout-ms", "500"]).unwrap();
+        assert_eq!(c.longest_step(), Duration::from_secs(10));
+        assert_eq!(
+            c.shutdown_grace(),
+            Duration::from_millis(500 + 20_000 + 2_000)
+        );
+        // sim: its step at a full batch, 3 s * (1 + 64 / 32).
+        let c = parse(&[
+            "--executor",
+            "sim",
+            "--sim-step-us",
+            "3000000",
+            "--max-batch-size",
+            "64",
+            "--request-timeout-ms",
+            "200",
+        ])
+        .unwrap();
+        assert_eq!(c.longest_step(), Duration::from_secs(9));
+        assert_eq!(
+            c.shutdown_grace(),
+            Duration::from_millis(200 + 18_000 + 2_000)
+        );
+        // The largest accepted values do not overflow.
+        let c = parse(&[
+            "--executor",
+            "sim",
+            "--sim-step-us",
+            "10000000",
+            "--max-batch-size",
+            "4096",
+            "--request-timeout-ms",
+            "3600000",
+        ])
+        .unwrap();
+        assert!(c.shutdown_grace() > Duration::from_secs(3600));
     }
 
     #[test]

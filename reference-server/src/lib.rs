@@ -52,9 +52,10 @@ pub struct App {
     /// Shared state; `state.backend` holds the coordinator.
     pub state: Arc<AppState>,
     /// How long `serve` waits for open connections after the shutdown signal before closing
-    /// them: the request timeout plus 2 s, by which time every accepted request has been
-    /// answered (its deadline has passed); what is left is a client that has not finished
-    /// sending a request (never accepted) or an idle keep-alive connection.
+    /// them ([`Config::shutdown_grace`](config::Config::shutdown_grace): the request timeout
+    /// plus two of the longest engine steps plus 2 s), by which time every accepted request
+    /// has been answered (deadlines are checked between steps); what is left is a client that
+    /// has not finished sending a request (never accepted) or an idle keep-alive connection.
     pub shutdown_grace: Duration,
 }
 
@@ -70,7 +71,7 @@ pub fn build_app(config: &Config) -> Result<App, StartError> {
     Ok(App {
         router: http::router(state.clone()),
         state,
-        shutdown_grace: config.request_timeout + Duration::from_secs(2),
+        shutdown_grace: config.shutdown_grace(),
     })
 }
 
@@ -102,20 +103,34 @@ impl App {
                 std::future::pending::<()>().await;
             }
         };
+        let mut serve = std::pin::pin!(serve);
         let result = tokio::select! {
-            r = serve => r,
+            r = &mut serve => Some(r),
             () = deadline => {
                 // Graceful shutdown waits for every connection; a client that never finishes
                 // sending its request (or a hung response) must not hold the process forever.
                 tracing::warn!(?grace, "connections still open after the shutdown grace period; closing them");
-                Ok(())
+                None
             }
         };
         self.state.backend.shutdown().await;
         tracing::info!("all requests answered");
-        result
+        match result {
+            Some(r) => r,
+            None => {
+                // Answers given by the shutdown above still have to be written by their
+                // connection tasks, which end with the runtime: give them a moment. `serve`
+                // ends as soon as the last connection closes; a stalled client holds it only
+                // this long.
+                let _ = tokio::time::timeout(SHUTDOWN_FLUSH, &mut serve).await;
+                Ok(())
+            }
+        }
     }
 }
+
+/// How long `serve` lets open connections write answers given after the shutdown grace.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(1);
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM (the model is TGI's `shutdown_signal`).
 pub async fn shutdown_signal() {
