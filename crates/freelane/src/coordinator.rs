@@ -24,6 +24,9 @@ use crate::executor::Executor;
 #[derive(Default)]
 pub struct Ticket {
     guard: Option<LoadGuard>,
+    /// The GPU whose failed batch this request was in (set when it is retried elsewhere), so
+    /// that work stealing does not hand the retry back to that GPU.
+    failed_on: Option<GpuId>,
 }
 
 impl Ticket {
@@ -31,11 +34,19 @@ impl Ticket {
     pub fn gpu(&self) -> Option<GpuId> {
         self.guard.as_ref().map(LoadGuard::gpu)
     }
+
+    /// The GPU this request already failed on (it is being retried elsewhere), if any.
+    pub fn failed_on(&self) -> Option<GpuId> {
+        self.failed_on
+    }
 }
 
 impl fmt::Debug for Ticket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Ticket").field("gpu", &self.gpu()).finish()
+        f.debug_struct("Ticket")
+            .field("gpu", &self.gpu())
+            .field("failed_on", &self.failed_on)
+            .finish()
     }
 }
 
@@ -920,7 +931,14 @@ impl<E: Executor> Inner<E> {
             return refuse(Rejected::Unavailable, request);
         };
         let g = guard.gpu().index();
-        let (entry, handle) = Entry::new_at(request, Ticket { guard: Some(guard) }, now);
+        let (entry, handle) = Entry::new_at(
+            request,
+            Ticket {
+                guard: Some(guard),
+                failed_on: None,
+            },
+            now,
+        );
         match self.lanes[g].try_push(entry) {
             Ok(Pushed::Open) => Ok(handle),
             Ok(Pushed::Closed) => {
@@ -1007,6 +1025,20 @@ impl<E: Executor> Inner<E> {
         let now = Instant::now();
         let mut b = self.new_batch(g, now);
         b.fill_from(&self.lanes[v], now);
+        let g_id = GpuId(g as u32);
+        if b.iter().any(|(_, e)| e.extra().failed_on == Some(g_id)) {
+            // A retry of a batch that failed on this GPU: it goes back to the victim's lane (to
+            // be run by another GPU), the rest stays in the stolen batch.
+            for e in b.take_unfinished() {
+                if e.extra().failed_on == Some(g_id) {
+                    if self.lanes[v].push_front(e) == Pushed::Closed {
+                        self.pushed_to_closed(v);
+                    }
+                } else {
+                    b.push(e, now);
+                }
+            }
+        }
         if b.is_empty() {
             return None;
         }
@@ -1180,6 +1212,7 @@ impl<E: Executor> Inner<E> {
             }
             if self.config.retry_on_failure && e.attempts() == 0 {
                 e.add_attempt();
+                e.extra_mut().failed_on = Some(GpuId(g as u32));
                 match self.reroute(e, g) {
                     Ok(()) => {
                         // Relaxed: a statistic.

@@ -865,3 +865,39 @@ fn stress_workers_random_failures_every_request_one_outcome() {
         8 * STRESS_PER_THREAD
     );
 }
+
+/// A request whose batch failed on one GPU is retried on another, never on the GPU that failed
+/// it: here that GPU, still usable after one failure and idle, asks for work first and would
+/// steal the retry back from the other lane's front (it did before `Ticket::failed_on`).
+#[test]
+fn a_retry_is_not_stolen_back_by_the_gpu_that_failed_it() {
+    let c = Coordinator::builder(Fake::ok())
+        .gpus(2)
+        .policy(Policy::RoundRobin)
+        .build_manual()
+        .unwrap();
+    let mut h = c.submit(Request::new(21, 1)).unwrap();
+    let first = (0..2).find_map(|g| c.try_next_batch(GpuId(g))).unwrap();
+    let failed_on = first.lane() as u32;
+    let other = 1 - failed_on;
+    c.complete(first, Err(ExecError::new("device lost")));
+    assert!(
+        c.health().is_usable(GpuId(failed_on)),
+        "one failure leaves it usable"
+    );
+    assert!(
+        c.try_next_batch(GpuId(failed_on)).is_none(),
+        "the retry stays off gpu {failed_on}"
+    );
+    let mut retry = c
+        .try_next_batch(GpuId(other))
+        .expect("the other GPU runs the retry");
+    assert_eq!(retry.active(), 1);
+    assert_eq!(
+        retry.iter().next().unwrap().1.extra().failed_on(),
+        Some(GpuId(failed_on))
+    );
+    double(GpuId(other), &mut retry);
+    c.complete(retry, Ok(()));
+    assert!(matches!(h.try_outcome(), Some(Outcome::Completed((g, 42))) if g == other));
+}
