@@ -32,12 +32,15 @@
 //!   returned an error for, or its capture panicked — a field's `Debug` impl, say; that panic
 //!   reaches the caller and the logger carries on), so after shutdown
 //!   `emitted == written + dropped + failed`. Drops happen only with `Overflow::Drop` on a full
-//!   ring, after shutdown (below a never-drop level), or for an event the writer itself emits on
-//!   the logger's thread while the ring is full or closed (waiting for room or writing it
-//!   synchronously would deadlock on itself), and each is counted exactly once.
+//!   ring, after shutdown (below a never-drop level), or for an event emitted from inside the
+//!   logger while the ring is full or closed — by the writer (on the logger's thread, or during
+//!   a caller's synchronous write) or by a field's `Debug`/`Display` while its event is being
+//!   captured — since waiting for room or writing it synchronously could deadlock on itself;
+//!   each is counted exactly once.
 //! - **Flush and shutdown.** [`Logger::flush`] returns once every event accepted before the call
 //!   is written and the writer flushed. [`Guard::shutdown`] (and dropping the [`Guard`]) closes
-//!   the ring: every event accepted before the close is written before the drainer exits; events
+//!   the ring: every event accepted before the close is written, and the writer flushed, before
+//!   the drainer exits; events
 //!   submitted after it are counted as dropped (or written synchronously at never-dropped levels).
 //! - **Order.** Lines appear in ring order (the order positions were claimed), which respects each
 //!   thread's program order. A synchronous fallback write may overtake queued lines.

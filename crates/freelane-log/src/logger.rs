@@ -228,23 +228,51 @@ impl Builder {
 
 #[cfg(not(freelane_loom))]
 std::thread_local! {
-    /// Set on the drainer thread (see `on_drainer_thread`).
+    /// Set on the drainer thread (see `reentrant`).
     static ON_DRAINER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// How deep this thread is inside the logger: capturing an event's fields (its ring slot
+    /// claimed but not yet published) or writing an event synchronously (holding the writer
+    /// lock). See `reentrant`.
+    static INSIDE: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
-/// Whether this thread is a drainer, i.e. the event comes from the writer itself (a writer that
-/// logs). Such an event must never wait for room (it would wait for itself) nor take the writer
-/// lock for a synchronous write (the drainer holds it). Checked only on a full or closed ring.
-/// Always `false` under loom, whose threads share one OS thread's thread-locals.
+/// Whether an event on this thread comes from inside the logger: from the writer on the
+/// drainer thread, from a field's `Debug`/`Display` while an event is being captured, or from
+/// the writer during a caller's synchronous write. Such an event must never wait for room (the
+/// drainer may be waiting for this thread's unpublished slot, or be this thread) nor take the
+/// writer lock (this thread or the drainer may hold it): on a full or closed ring it is
+/// dropped (counted). Checked only on a full or closed ring. Always `false` under loom, whose
+/// threads share one OS thread's thread-locals.
 #[inline]
-fn on_drainer_thread() -> bool {
+fn reentrant() -> bool {
     #[cfg(not(freelane_loom))]
     {
         ON_DRAINER.try_with(std::cell::Cell::get).unwrap_or(false)
+            || INSIDE.try_with(std::cell::Cell::get).unwrap_or(0) > 0
     }
     #[cfg(freelane_loom)]
     {
         false
+    }
+}
+
+/// Marks this thread as inside the logger (see `reentrant`) until dropped.
+struct Inside;
+
+impl Inside {
+    #[inline]
+    fn enter() -> Self {
+        #[cfg(not(freelane_loom))]
+        let _ = INSIDE.try_with(|c| c.set(c.get() + 1));
+        Inside
+    }
+}
+
+impl Drop for Inside {
+    #[inline]
+    fn drop(&mut self) {
+        #[cfg(not(freelane_loom))]
+        let _ = INSIDE.try_with(|c| c.set(c.get() - 1));
     }
 }
 
@@ -473,9 +501,10 @@ impl Shared {
                 return;
             }
             Err((err, fill)) => {
-                if on_drainer_thread() {
-                    // The writer itself logged and the ring is full or closed: waiting or a
-                    // synchronous write would deadlock on ourselves. Drop it (counted).
+                if reentrant() {
+                    // Logged from inside the logger (the writer, or a field being captured)
+                    // and the ring is full or closed: waiting or a synchronous write could
+                    // deadlock on ourselves. Drop it (counted).
                     return self.drop_one();
                 }
                 if err == PushError::Full && self.overflow == Overflow::Block {
@@ -556,9 +585,11 @@ impl Shared {
         self.sync_writes.fetch_add(1, Ordering::Relaxed);
         let mut out = Vec::with_capacity(rec.buf.len() + 128);
         record::render(&rec, &mut out, &mut Renderer::default());
+        let inside = Inside::enter();
         let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let ok = guarded_write(&mut **w, &out, true);
         drop(w);
+        drop(inside);
         self.account(1, ok);
     }
 
@@ -669,7 +700,9 @@ fn capture(rec: &mut Record, fill: impl FnOnce(&mut Record)) {
         }
     }
     let mut guard = Abandon { rec, done: false };
+    let inside = Inside::enter();
     fill(guard.rec);
+    drop(inside);
     guard.done = true;
 }
 
@@ -734,8 +767,10 @@ fn drain_loop(shared: &Shared, batch: usize, idle: Duration) {
             }
         }
         let empty = consumed == claimed;
+        // The last pass before exiting always flushes (it may have been a full batch).
+        let exiting = empty && closed;
         // Relaxed: a request flag (see `Shared::flush`); the result is published via `flushed`.
-        if n < batch || shared.flush_requested.swap(false, Ordering::Relaxed) {
+        if n < batch || exiting || shared.flush_requested.swap(false, Ordering::Relaxed) {
             if dirty {
                 let mut w = shared.writer.lock().unwrap_or_else(|e| e.into_inner());
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.flush()));
@@ -753,8 +788,9 @@ fn drain_loop(shared: &Shared, batch: usize, idle: Duration) {
                 published = consumed;
             }
         }
-        if empty && closed {
-            // Closed and everything claimed before the close has been consumed: done.
+        if exiting {
+            // Closed and everything claimed before the close has been consumed (and flushed
+            // above): done.
             break;
         }
         if n == 0 {
