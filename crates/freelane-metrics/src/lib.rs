@@ -42,7 +42,9 @@
 //! - **Exposition** ([`Registry::render_prometheus`]) follows the text format 0.0.4. Histograms
 //!   expose a bounded set of `le` boundaries ([`HistogramOpts`]), cumulative and ending in
 //!   `+Inf`, derived from the fine buckets: a boundary counts the internal buckets that lie wholly
-//!   at or below it, so counts may be off only for values within 0.8% of a boundary.
+//!   at or below it, so counts may be off only for values within 0.8% of a boundary — and for
+//!   values in the top internal bucket (recorded values of about 2^44 · 0.996 and above, which
+//!   includes everything clamped into it), which count only towards `+Inf`.
 //! - Registration takes a mutex (cold path); it is idempotent for the same name and label set and
 //!   reports bad names, labels, kind clashes and bad histogram options as [`MetricError`]s (the
 //!   non-`try_` forms panic with that message, as for any programming error).

@@ -62,7 +62,9 @@ impl std::error::Error for MetricError {}
 ///
 /// The internal buckets are far finer (about 0.8% wide); the exposed boundaries are a bounded set
 /// chosen here so scrapes stay small. A value counts towards a boundary when its whole internal
-/// bucket lies at or below it, so a count may be off by values within 0.8% of a boundary.
+/// bucket lies at or below it, so a count may be off by values within 0.8% of a boundary. The top
+/// internal bucket also holds every larger (clamped) value, so values in it (recorded values of
+/// about 2^44 · 0.996 and above, before scaling) count only towards `+Inf`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HistogramOpts {
     scale: f64,
