@@ -649,7 +649,9 @@ impl Shared {
             if self.done.load(Ordering::Acquire) {
                 return self.flushed.load(Ordering::Acquire) >= target;
             }
-            if timeout.is_some_and(|t| start.elapsed() >= t) {
+            if reentrant() || timeout.is_some_and(|t| start.elapsed() >= t) {
+                // From inside the logger (the writer, or a field being captured) the wait could
+                // be for this very thread: give up at once.
                 return false;
             }
             // Relaxed: a request flag; the drainer publishes the result through `flushed`.
@@ -820,7 +822,9 @@ impl Logger {
     }
 
     /// Waits until everything accepted before this call is written and the writer flushed.
-    /// Returns `false` if the logger was shut down before that could happen.
+    /// Returns `false` if the logger was shut down before that could happen, and at once when
+    /// called from inside the logger (from the writer, or from a field's `Debug` while its event
+    /// is captured), where the wait could be for this very thread.
     pub fn flush(&self) -> bool {
         self.shared.flush(None)
     }

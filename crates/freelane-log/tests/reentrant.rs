@@ -150,3 +150,42 @@ fn a_field_that_logs_on_a_full_blocking_ring_does_not_deadlock() {
     assert!(logger.stats().dropped >= 1, "{:?}", logger.stats());
     drop(guard);
 }
+
+/// `Logger::flush` from inside the writer (on the drainer thread) returns `false` at once
+/// instead of waiting for the drainer, i.e. for itself.
+#[test]
+#[cfg_attr(miri, ignore)] // timing (recv_timeout)
+fn flush_from_inside_the_writer_returns_instead_of_waiting_for_itself() {
+    struct FlushingWriter {
+        me: Arc<OnceLock<Logger>>,
+        results: std::sync::mpsc::Sender<bool>,
+    }
+    impl Write for FlushingWriter {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            if let Some(l) = self.me.get() {
+                let _ = self.results.send(l.flush());
+            }
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let me = Arc::new(OnceLock::new());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (logger, guard) = Builder::new()
+        .build(FlushingWriter {
+            me: me.clone(),
+            results: tx,
+        })
+        .unwrap();
+    let _ = me.set(logger.clone());
+    logger.write_raw(None, b"line\n");
+    let r = rx.recv_timeout(Duration::from_secs(5));
+    assert_eq!(
+        r,
+        Ok(false),
+        "flush from the writer hung or claimed success"
+    );
+    drop(guard);
+}
