@@ -1,7 +1,13 @@
-//! Model of the coordinator's failover handoff, built from the same freelane-batch primitives the
-//! coordinator uses: a GPU turned unhealthy while a router (which picked it just before) keeps
-//! pushing; the failed lane's worker drains it into a healthy lane's front queue whenever it is
-//! woken (a push or the monitor's nudge); afterwards the healthy lane holds every request. Every request ends exactly once.
+//! A model of the *lane protocol* the coordinator's failover relies on, written out here with the
+//! same freelane-batch calls the coordinator makes (`drain`, `push_front`, `nudge`, waits): a
+//! GPU turned unhealthy while a router (which picked it just before) keeps pushing; the failed
+//! lane's worker drains it into a healthy lane's front queue whenever it is woken (a push or the
+//! monitor's nudge); afterwards the healthy lane holds every request, each exactly once.
+//!
+//! It does not run the coordinator's own code: loom-tests does not depend on `freelane` (its
+//! workers run on tokio, which loom cannot model), so a bug in `Inner::fail_over_lane` or
+//! `reroute` would not fail this model. Those are covered by the coordinator's stress and
+//! failover tests in `crates/freelane/tests/` (real threads, not model-checked).
 #![cfg(freelane_loom)]
 
 use freelane_batch::{thread_waker, Lane, Signal};

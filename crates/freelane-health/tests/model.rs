@@ -37,6 +37,7 @@ struct Plain {
     consecutive_failures: u32,
     consecutive_successes: u32,
     error_rate: f64,
+    latency_ewma_ns: f64,
     heartbeats: u32,
     last_heartbeat_ms: u64,
     failovers: u64,
@@ -64,6 +65,7 @@ impl Plain {
             consecutive_failures: 0,
             consecutive_successes: 0,
             error_rate: 0.0,
+            latency_ewma_ns: 0.0,
             heartbeats: 0,
             last_heartbeat_ms: 0,
             failovers: 0,
@@ -94,8 +96,15 @@ impl Plain {
     fn apply(&mut self, c: &Cfg, ev: &Ev, now_ms: u64) -> Option<(GpuState, GpuState)> {
         use GpuState::*;
         match *ev {
-            Ev::Success(_) => {
+            Ev::Success(us) => {
                 self.successes += 1;
+                // The first success sets the average, later ones move it by alpha.
+                let l = f64::from(us) * 1000.0;
+                self.latency_ewma_ns = if self.successes == 1 {
+                    l
+                } else {
+                    self.latency_ewma_ns + c.alpha * (l - self.latency_ewma_ns)
+                };
                 self.consecutive_successes += 1;
                 self.consecutive_failures = 0;
                 self.error_rate *= 1.0 - c.alpha;
@@ -245,6 +254,13 @@ proptest! {
                 (plain.consecutive_failures, plain.consecutive_successes, plain.heartbeats)
             );
             prop_assert!((rec.error_rate - plain.error_rate).abs() < 1e-9);
+            prop_assert!(
+                (rec.latency_ewma_ns - plain.latency_ewma_ns).abs()
+                    <= 1e-9 * plain.latency_ewma_ns.abs().max(1.0),
+                "latency ewma {} vs model {}",
+                rec.latency_ewma_ns,
+                plain.latency_ewma_ns
+            );
             prop_assert!((0.0..=1.0).contains(&rec.error_rate));
             prop_assert_eq!(rec.last_heartbeat_ns, plain.last_heartbeat_ms * 1_000_000);
             let counts = table.transitions(g).unwrap();
