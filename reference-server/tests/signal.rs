@@ -61,6 +61,26 @@ fn listen_addr(line: &str) -> String {
         .to_string()
 }
 
+/// Polls `/stats` until the server has accepted `n` requests (panics after 10 s).
+async fn wait_accepted(client: &reqwest::Client, addr: &str, n: u64) {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats: serde_json::Value = client
+            .get(format!("http://{addr}/stats"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if stats["accepted"] == n {
+            return;
+        }
+        assert!(Instant::now() < end, "requests were not accepted: {stats}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 fn sigterm(child: &Child) {
     let ok = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -167,22 +187,7 @@ async fn sigterm_answers_in_flight_requests_flushes_logs_and_exits_zero() {
         }));
     }
     // Signal only once all six are accepted (in flight), however slow the machine is.
-    let end = Instant::now() + Duration::from_secs(10);
-    loop {
-        let stats: serde_json::Value = client
-            .get(format!("http://{addr}/stats"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if stats["accepted"] == 6 {
-            break;
-        }
-        assert!(Instant::now() < end, "requests were not accepted: {stats}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_accepted(&client, &addr, 6).await;
     sigterm(&child);
     for t in tasks {
         let (status, body) = t.await.unwrap();
@@ -280,22 +285,7 @@ async fn accepted_request_is_answered_after_sigterm_even_with_a_slow_step() {
         r.text().await.map(|body| (status, body))
     });
     // Accepted and in its first (3 s) step.
-    let end = Instant::now() + Duration::from_secs(10);
-    loop {
-        let stats: serde_json::Value = client
-            .get(format!("http://{addr}/stats"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if stats["accepted"] == 1 {
-            break;
-        }
-        assert!(Instant::now() < end, "never accepted: {stats}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_accepted(&client, &addr, 1).await;
     sigterm(&child);
     let r = task.await.unwrap();
     let status = wait_exit(&mut child);
