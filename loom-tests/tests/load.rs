@@ -174,32 +174,35 @@ fn pick_never_returns_an_ineligible_gpu_while_eligibility_changes() {
     });
 }
 
-/// Two routers race for the last unit of load on a GPU (a held guard of cost `MAX_COST - 1`
-/// leaves room for exactly one request of cost 0) while a third thread watches the counters:
-/// exactly one is admitted, the other gets `Overflow`, the watcher never sees the load past
-/// `MAX_LOAD` or below the held guard's (an add-then-undo would show both: a transient excess,
-/// or the score field wrapping to 0), and everything returns to zero. Both routers win in some
-/// interleaving. One router uses `try_acquire` (a fresh read, then the CAS), the other
-/// `pick_and_acquire` (the CAS starts from the word its scan read).
+/// Two routers race for the last units of load on a GPU (a held guard leaves room for exactly
+/// one of them: 65537 units, where one router wants 65537 (cost 65536, the compare-and-swap
+/// path, through `try_acquire`) and the other 1 (cost 0, the `fetch_add` path, through
+/// `pick_and_acquire`), and both together need 65538) while a third thread watches the
+/// counters: exactly one is admitted, the other gets `Overflow`, and everything returns to
+/// zero. The watcher never sees the word below the held guard, nor above it by more than both
+/// racers' adds (the refused `fetch_add` is visible until taken back; a carry out of a field
+/// would show as a value outside both bounds). Both routers win in some interleaving.
 #[test]
 fn racing_acquires_for_the_last_unit_admit_exactly_one() {
     use freelane_load::{LoadError, MAX_COST, MAX_LOAD};
+    const BIG: u64 = 1 << 16; // the smallest cost acquired with a compare-and-swap
     run_model_outcomes("load::limit_race", &["first", "second"], || {
         let board = Arc::new(LoadBoard::new(1));
-        let held = board.acquire(GpuId(0), MAX_COST - 1);
-        assert_eq!(board.load(GpuId(0)), MAX_LOAD - 1);
+        // Score after: MAX_LOAD - (BIG + 1), room for BIG's request (BIG + 1) or cost 0's (1).
+        let held = board.acquire(GpuId(0), MAX_COST - BIG - 1);
+        assert_eq!(board.load(GpuId(0)), MAX_LOAD - BIG - 1);
         let racers: Vec<_> = (0..2)
             .map(|i| {
                 let b = Arc::clone(&board);
                 thread::spawn(move || {
                     if i == 0 {
-                        match b.try_acquire(GpuId(0), 0) {
+                        match b.try_acquire(GpuId(0), BIG) {
                             Ok(g) => Some(g),
                             Err(LoadError::Overflow { .. }) => None,
                             Err(e) => panic!("unexpected error {e}"),
                         }
                     } else {
-                        // Starts its CAS from the word its scan read (None on overflow).
+                        // `None` on overflow (its GPU is the only one).
                         b.pick_and_acquire(Policy::LeastLoaded, 0, |_| true)
                     }
                 })
@@ -208,19 +211,24 @@ fn racing_acquires_for_the_last_unit_admit_exactly_one() {
         let watcher = {
             let b = Arc::clone(&board);
             thread::spawn(move || {
-                let load = b.load(GpuId(0));
+                let (load, in_flight) = (b.load(GpuId(0)), b.in_flight(GpuId(0)));
                 assert!(
-                    (MAX_LOAD - 1..=MAX_LOAD).contains(&load),
-                    "load {load} outside [MAX_LOAD - 1, MAX_LOAD] while a guard is held"
+                    (MAX_LOAD - BIG - 1..=MAX_LOAD + 1).contains(&load),
+                    "load {load} outside [held, held + both racers] while a guard is held"
                 );
-                assert!((1..=2).contains(&b.in_flight(GpuId(0))));
+                assert!((1..=3).contains(&in_flight), "in flight {in_flight}");
             })
         };
         let results: Vec<_> = racers.into_iter().map(|t| t.join().unwrap()).collect();
         watcher.join().unwrap();
         let admitted = results.iter().filter(|r| r.is_some()).count();
         assert_eq!(admitted, 1, "exactly one router fits");
-        assert_eq!(board.load(GpuId(0)), MAX_LOAD);
+        let expected = if results[0].is_some() {
+            MAX_LOAD
+        } else {
+            MAX_LOAD - BIG
+        };
+        assert_eq!(board.load(GpuId(0)), expected);
         let outcome = if results[0].is_some() {
             "first"
         } else {

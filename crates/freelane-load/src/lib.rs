@@ -21,17 +21,20 @@
 //! ```
 //!
 //! # Guarantees
-//! - **Exact accounting.** Every acquire is one compare-and-swap of a packed word (in-flight
-//!   count and cost together) that checks the limits and adds in one step, and its guard's drop
-//!   is one `fetch_sub` of the very same delta, so the counters are exact sums of the live guards
-//!   at every instant (read-modify-writes on one location are totally ordered) and never exceed
-//!   their limits, not even transiently. When no guard is live every counter reads zero.
+//! - **Exact accounting.** Every acquire adds one packed delta (in-flight count and cost
+//!   together) to its GPU's word with one read-modify-write, and its guard's drop subtracts the
+//!   very same delta with one `fetch_sub`, so the counters are exact sums of the live guards
+//!   (read-modify-writes on one location are totally ordered) and the live guards never exceed
+//!   the limits. The one exception, for an instant: an acquire refused at a limit shows its add
+//!   until it takes it back (see "Overflow"). When no guard is live and no acquire is running,
+//!   every counter reads zero.
 //! - **No ineligible pick.** [`pick`](LoadBoard::pick) only returns GPUs for which `eligible`
 //!   returned `true` during that call, and `None` when there is none.
 //! - **Lock-free, mostly wait-free.** Guard drop, `pick` with `LeastLoaded` /
 //!   `PowerOfTwoChoices` / `RoundRobin` and every statistics read are wait-free (a bounded number
-//!   of loads and RMWs); `acquire` is lock-free (its CAS retries only when another acquire or
-//!   release changed the same GPU's word meanwhile); nothing ever blocks.
+//!   of loads and RMWs); `acquire` is wait-free for costs up to 65535 (one `fetch_add`, and
+//!   one `fetch_sub` if refused) and lock-free above (its compare-and-swap retries only when
+//!   another acquire or release changed the same GPU's word meanwhile); nothing ever blocks.
 //! - **Staleness.** A pick reads each GPU's counter once with `Relaxed`; it may be overtaken by
 //!   concurrent acquires (the load it saw is a snapshot, not a lock). That is why
 //!   `pick_and_acquire` reserves immediately, and why `PowerOfTwoChoices` exists (robust to
@@ -52,8 +55,9 @@
 //! picks compare) in the top 40 bits, so the least-loaded scan's key for a GPU is its word with
 //! the low 24 bits masked off and replaced by a rank, without unpacking. The words of eight
 //! GPUs share one cache-padded block, so `LeastLoaded` reads all eight GPUs with one cache-line
-//! fetch; an acquire is one compare-and-swap of that word (retried only if the word changed
-//! since it was read; plus one RMW on this thread's allocation stripe) and a release one RMW. The issue's measurements found per-GPU
+//! fetch; an acquire is one `fetch_add` of that word (a compare-and-swap for costs over 65535;
+//! plus one plain increment on this thread's allocation stripe) and a release one `fetch_sub`.
+//! The issue's measurements found per-GPU
 //! *padded* counters slower for pick-heavy loads (a scan touches one line per GPU, each being
 //! invalidated by other routers' RMWs); on our shared 2-vCPU machine `benches/benches/load.rs`
 //! measured padded and unpadded bare scans within noise of each other, so the packed layout
@@ -81,12 +85,25 @@
 //! modification order. Threads that want to read a quiescent zero synchronize through something
 //! else (a join, a channel), which supplies the happens-before edge. See `docs/ORDERINGS.md`.
 //!
-//! **Overflow.** A GPU may hold up to [`MAX_IN_FLIGHT`] guards, and its load score (in-flight
-//! count plus outstanding cost) is at most [`MAX_LOAD`] (`2^40 - 1`). `try_acquire` checks both
-//! limits against the current word and adds in the same compare-and-swap, so a word never holds
-//! more than the limits allow; an acquire that would exceed one returns [`LoadError::Overflow`]
-//! and changes nothing. The cost of a single acquire is clamped to [`MAX_COST`]
-//! (`MAX_LOAD - 1`, so one request of any cost fits on an idle GPU).
+//! **Overflow.** A GPU may hold up to [`MAX_IN_FLIGHT`] (`2^23 - 1`) guards, and its load
+//! score (in-flight count plus outstanding cost) is at most [`MAX_LOAD`] (`2^39 - 1`); an
+//! acquire that would exceed either returns [`LoadError::Overflow`] and leaves the counters as
+//! they were. The cost of a single acquire is clamped to [`MAX_COST`] (`MAX_LOAD - 1`, so one
+//! request of any cost fits on an idle GPU). An acquire of cost up to 65535 adds with one
+//! `fetch_add`, checks the word it added to, and if that was already at a limit takes its add
+//! back with a `fetch_sub`; larger costs check and add in one compare-and-swap (which adds
+//! nothing when it refuses). In between, a refused add is visible: a racing acquire counts it
+//! and may be refused too (near a limit, one refusal can cause another), and a reader may see up
+//! to one request (and its cost) more per refusal in progress. Each field's upper half is
+//! headroom for those excesses (24 bits for at most 2^23 - 1 in flight, 40 bits for a score of
+//! at most 2^39 - 1, each refused add at most 2^16 on the score), so no carry ever leaves a
+//! field as long as fewer than 2^23 threads are inside a refused acquire on the same GPU at once
+//! (Linux caps a whole system at 2^22 threads; elsewhere that many threads would need tens of
+//! GiB of stacks). The in-flight field is therefore exact, which the board's `Drop` relies on.
+//! (A `fetch_add` without the headroom let racing refusals wrap a full in-flight field to 0,
+//! which the board's `Drop` then trusted: the compare-and-swap-only design of 2026-12-02 fixed
+//! that, but measured 0.6–0.96x this design's throughput with 2–8 routers; the headroom fixes
+//! it too.)
 //!
 //! **Randomness.** `PowerOfTwoChoices` and tie-breaking use a thread-local xorshift generator
 //! seeded on first use from `std`'s `RandomState`: no shared RNG state (except for a thread
@@ -121,14 +138,25 @@ use freelane_sync::CachePadded;
 const LOAD_SHIFT: u32 = 24;
 /// Mask of the in-flight field in a packed load word.
 const IN_FLIGHT_MASK: u64 = (1 << LOAD_SHIFT) - 1;
-/// The most guards one GPU can hold at once (`2^24 - 1`).
-pub const MAX_IN_FLIGHT: u64 = IN_FLIGHT_MASK;
+/// The most guards one GPU can hold at once (`2^23 - 1`). The in-flight field has 24 bits: the
+/// upper half is headroom for the moment a refused acquire's add is visible (see "Overflow" in
+/// the crate docs).
+pub const MAX_IN_FLIGHT: u64 = (1 << (LOAD_SHIFT - 1)) - 1;
 /// The largest load score (in-flight count plus outstanding cost) one GPU can hold
-/// (`2^40 - 1`).
-pub const MAX_LOAD: u64 = (1 << (64 - LOAD_SHIFT)) - 1;
-/// The largest cost of a single acquire (`2^40 - 2`, so that it fits on an idle GPU); larger
+/// (`2^39 - 1`). The score field has 40 bits: the upper half is headroom, as for
+/// [`MAX_IN_FLIGHT`].
+pub const MAX_LOAD: u64 = (1 << (64 - LOAD_SHIFT - 1)) - 1;
+/// The largest cost of a single acquire (`2^39 - 2`, so that it fits on an idle GPU); larger
 /// costs are clamped to it.
 pub const MAX_COST: u64 = MAX_LOAD - 1;
+/// Costs up to this (`2^16 - 1`) are acquired with one `fetch_add`, checked after the fact and
+/// taken back if refused; larger ones with a compare-and-swap that checks before it adds. The
+/// bound keeps refused adds inside the headroom (see "Overflow" in the crate docs): fewer than
+/// 2^23 of them, each adding at most 2^16 to the score, stay below 2^39.
+const FAA_MAX_COST: u64 = (1 << 16) - 1;
+// Headroom: 2^23 refused adds (one per thread inside an acquire) fit above each limit.
+const _: () = assert!(IN_FLIGHT_MASK - MAX_IN_FLIGHT >= 1 << 23);
+const _: () = assert!((1 << (64 - LOAD_SHIFT)) - 1 - MAX_LOAD >= (1 << 23) * (FAA_MAX_COST + 1));
 
 /// Most GPUs one board tracks: 2^20, far beyond any single serving process, and a bound on the
 /// board's memory (about 420 bytes per GPU, so at most ~440 MB) so that a bad size is an error
@@ -679,25 +707,43 @@ impl LoadBoard {
         let alloc =
             &self.allocations[row * self.blocks.len() + g / WORDS_PER_BLOCK][g % WORDS_PER_BLOCK];
         count(alloc, own, 1);
-        // Check the limits and add in one atomic step, so that no thread ever sees a word past
-        // its limits. (An add-then-undo let a racing acquire see a wrapped in-flight field,
-        // i.e. zero, admit itself, and leave the board reading zero with guards live — which
-        // the board's drop then trusted to free the memory those guards point into.)
-        // Relaxed: a first guess for the CAS, which validates it.
-        let mut cur = slot.load(Ordering::Relaxed);
-        loop {
-            if in_flight_of(cur) >= MAX_IN_FLIGHT || score(cur) > MAX_LOAD - 1 - cost {
-                count(alloc, own, u64::MAX); // undo the statistic above (adds -1)
-                return Err(LoadError::Overflow { gpu });
+        if cost <= FAA_MAX_COST {
+            // The common case: add first, check after. One `lock xadd` that cannot fail; a
+            // compare-and-swap (the word read first, then the CAS) measured 0.6–0.96x this
+            // throughput with 2–8 routers (docs/BENCHMARKS.md, "load").
+            // Relaxed: the packed counter publishes no data; exactness only needs the RMW's
+            // atomicity (one modification order per word), which every ordering gives.
+            let old = slot.fetch_add(delta, Ordering::Relaxed);
+            if fits(old, cost) {
+                return Ok(delta);
             }
-            // Relaxed (both): the packed counter publishes no data; exactness only needs the
-            // CAS's atomicity (one modification order per word), which every ordering gives.
-            match slot.compare_exchange_weak(cur, cur + delta, Ordering::Relaxed, Ordering::Relaxed)
-            {
-                Ok(_) => return Ok(delta),
-                Err(now) => cur = now,
+            // Refused: take the add back. Until then the word reads one more request (and this
+            // cost) than is live; the headroom above the limits holds that excess for fewer
+            // than 2^23 racing refusals without a carry out of either field, and `fits` counts
+            // it, so it can only cause refusals, never admit past a limit.
+            // Relaxed: as above; this thread still borrows the board, so no free can race it.
+            slot.fetch_sub(delta, Ordering::Relaxed);
+        } else {
+            // A large cost: check the limits and add in one compare-and-swap, which adds
+            // nothing when it refuses (so the excess a refusal shows stays within the bound
+            // that the headroom allows for).
+            // Relaxed: a first guess for the CAS, which validates it.
+            let mut cur = slot.load(Ordering::Relaxed);
+            while fits(cur, cost) {
+                // Relaxed (both): as for the `fetch_add` above.
+                match slot.compare_exchange_weak(
+                    cur,
+                    cur + delta,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => return Ok(delta),
+                    Err(now) => cur = now,
+                }
             }
         }
+        count(alloc, own, u64::MAX); // undo the statistic above (adds -1)
+        Err(LoadError::Overflow { gpu })
     }
 
     /// Removes a delta added by `add`.
@@ -864,6 +910,15 @@ fn count(counter: &AtomicU64, own: bool, delta: u64) {
         // Relaxed: exact by RMW atomicity among the threads sharing the row; no other data.
         counter.fetch_add(delta, Ordering::Relaxed);
     }
+}
+
+/// `true` when one more request of `cost` (at most [`MAX_COST`]) fits on a GPU whose word
+/// reads `word`: its in-flight count stays within [`MAX_IN_FLIGHT`] and its score within
+/// [`MAX_LOAD`]. A word showing refused adds not yet taken back reads higher than its live
+/// guards, which can only make this stricter.
+#[inline]
+fn fits(word: u64, cost: u64) -> bool {
+    in_flight_of(word) < MAX_IN_FLIGHT && score(word) < MAX_LOAD - cost
 }
 
 /// The load score of a packed word: in-flight requests plus outstanding cost.
@@ -1373,26 +1428,46 @@ mod tests {
     }
 
     /// Presets GPU 0's word, races `try_acquire` with each of `costs` on its own thread (every
-    /// one must be refused) while a sampler checks the word never changes, then restores 0.
-    fn race_refused_acquires(preset: u64, costs: &'static [u64]) {
+    /// one must be refused) while a sampler checks every value the word takes: at least the
+    /// preset, and at most the preset plus one request of each racer's cost (the refused adds
+    /// not yet taken back), field by field, so no add ever carries out of a field. With
+    /// `unchanged` (compare-and-swap costs, which add nothing when refused) the word must never
+    /// change at all. Restores 0 at the end.
+    fn race_refused_acquires(preset: u64, costs: &'static [u64], unchanged: bool) {
         use std::sync::atomic::AtomicBool;
         let b = Arc::new(LoadBoard::new(1));
         b.slot(0).store(preset, Ordering::Relaxed);
         let iters = if cfg!(miri) { 40 } else { 200_000 };
+        let excess = if unchanged {
+            (0, 0)
+        } else {
+            (costs.len() as u64, costs.iter().map(|c| 1 + c).sum::<u64>())
+        };
+        let (lo, hi) = (
+            (in_flight_of(preset), score(preset)),
+            (in_flight_of(preset) + excess.0, score(preset) + excess.1),
+        );
         let stop = Arc::new(AtomicBool::new(false));
         let sampling = Arc::new(AtomicBool::new(false));
         let sampler = {
             let (b, stop, sampling) = (Arc::clone(&b), Arc::clone(&stop), Arc::clone(&sampling));
             std::thread::spawn(move || {
+                let mut excess_seen = false;
                 // Relaxed: a start signal only; it carries no data.
                 sampling.store(true, Ordering::Relaxed);
                 // Relaxed: a flag; the join below synchronizes the result.
                 while !stop.load(Ordering::Relaxed) {
                     // Relaxed: any value the word ever holds is what we check.
                     let w = b.slot(0).load(Ordering::Relaxed);
-                    assert_eq!(w, preset, "a refused acquire changed the word");
+                    let seen = (in_flight_of(w), score(w));
+                    assert!(
+                        lo.0 <= seen.0 && seen.0 <= hi.0 && lo.1 <= seen.1 && seen.1 <= hi.1,
+                        "word (in flight, score) = {seen:?} outside {lo:?}..={hi:?}"
+                    );
+                    excess_seen |= seen != lo;
                     std::hint::spin_loop();
                 }
+                excess_seen
             })
         };
         let racers: Vec<_> = costs
@@ -1419,24 +1494,31 @@ mod tests {
         }
         // Relaxed: the racers are joined; the sampler only reads.
         stop.store(true, Ordering::Relaxed);
-        sampler.join().unwrap();
+        let excess_seen = sampler.join().unwrap();
+        if unchanged {
+            assert!(!excess_seen);
+        }
         assert_eq!(b.slot(0).load(Ordering::Relaxed), preset);
+        assert_eq!(b.stats(GpuId(0)).unwrap().allocations, 0);
         b.slot(0).store(0, Ordering::Relaxed);
     }
 
     #[test]
-    fn racing_acquires_on_a_full_word_never_change_it() {
-        // A full in-flight field. With an add-then-undo, the racing adds wrapped it to 0 in
-        // between and one could admit itself (then the board read 0 with 2^24 guards live).
-        race_refused_acquires(pack(MAX_IN_FLIGHT, 0), &[0, 0]);
+    fn racing_refusals_on_a_full_in_flight_field_never_carry() {
+        // A full in-flight field (2^23 - 1): the refused adds sit in the field's upper half
+        // and are taken back. Without that headroom (the field once had 24 bits of limit) the
+        // racing adds wrapped it to 0 in between, one could admit itself, and the board read 0
+        // with 2^24 guards live. Four racers on two cores: oversubscribed.
+        race_refused_acquires(pack(MAX_IN_FLIGHT, 0), &[0, 0, 0, 0], false);
     }
 
     #[test]
-    fn racing_cost_overflows_never_carry() {
-        // Room for a cost of 5 only: costs 10 and 6 must both be refused every time (with an
-        // add-then-undo both could be admitted, and two excesses at the top of the word would
-        // wrap the score past bit 63).
-        race_refused_acquires(pack(0, MAX_COST - 5), &[10, 6]);
+    fn racing_cost_refusals_never_carry() {
+        // Room for a cost of 5 only: costs 10 and 6 (`fetch_add` path) must both be refused
+        // every time, their excesses staying within the score's headroom, and so must two
+        // compare-and-swap costs (which never change the word).
+        race_refused_acquires(pack(0, MAX_COST - 5), &[10, 6, FAA_MAX_COST], false);
+        race_refused_acquires(pack(0, MAX_COST - 5), &[FAA_MAX_COST + 1, MAX_COST], true);
         let b = Arc::new(LoadBoard::new(1));
         b.slot(0).store(pack(0, MAX_COST - 5), Ordering::Relaxed);
         let g = b.try_acquire(GpuId(0), 5).unwrap();
@@ -1445,6 +1527,40 @@ mod tests {
         drop(g);
         assert_eq!(b.slot(0).load(Ordering::Relaxed), pack(0, MAX_COST - 5));
         b.slot(0).store(0, Ordering::Relaxed);
+    }
+
+    #[test]
+    fn both_acquire_paths_are_exact_at_the_threshold() {
+        let b = Arc::new(LoadBoard::new(1));
+        for cost in [
+            FAA_MAX_COST - 1,
+            FAA_MAX_COST,
+            FAA_MAX_COST + 1,
+            FAA_MAX_COST + 2,
+        ] {
+            let g = b.acquire(GpuId(0), cost);
+            assert_eq!(g.cost(), cost);
+            assert_eq!((b.in_flight(GpuId(0)), b.cost(GpuId(0))), (1, cost));
+            drop(g);
+            assert_eq!(b.slot(0).load(Ordering::Relaxed), 0);
+            // Exactly room for `cost`: admitted; one more unit: refused, word unchanged.
+            let preset = pack(0, MAX_COST - cost);
+            b.slot(0).store(preset, Ordering::Relaxed);
+            let g = b.try_acquire(GpuId(0), cost).expect("fits exactly");
+            assert_eq!(b.load(GpuId(0)), MAX_LOAD);
+            drop(g);
+            b.slot(0)
+                .store(pack(0, MAX_COST - cost + 1), Ordering::Relaxed);
+            assert_eq!(
+                b.try_acquire(GpuId(0), cost).unwrap_err(),
+                LoadError::Overflow { gpu: GpuId(0) }
+            );
+            assert_eq!(
+                b.slot(0).load(Ordering::Relaxed),
+                pack(0, MAX_COST - cost + 1)
+            );
+            b.slot(0).store(0, Ordering::Relaxed);
+        }
     }
 
     #[test]
@@ -1467,7 +1583,7 @@ mod tests {
     #[test]
     fn in_flight_overflow_is_detected() {
         let b = Arc::new(LoadBoard::new(1));
-        // Simulate a full in-flight field without creating 16M guards.
+        // Simulate a full in-flight field without creating 8M guards.
         b.slot(0).store(pack(MAX_IN_FLIGHT, 0), Ordering::Relaxed);
         assert_eq!(
             b.try_acquire(GpuId(0), 0).unwrap_err(),
