@@ -5,6 +5,9 @@
 //! layout trade-off), std `Mutex<[u64; 8]>` and parking_lot
 //! `Mutex<[u64; 8]>`. Throughput medians of interleaved rounds, plus the p99.9 latency of one
 //! operation (sampled every 64th operation). Every trial checks the balance returns to zero.
+//! Every candidate's `acquire` and `release` are `#[inline(never)]`, so all run inlined in the
+//! timing loop: left to itself the compiler inlined the bare scans and mutexes but called the
+//! LoadBoard's larger pick out of line (a call, and the board's fields reloaded every time).
 //!
 //! `cargo bench -p freelane-benches --bench load` (about a minute);
 //! `FREELANE_BENCH_QUICK=1` for a few seconds.
@@ -29,6 +32,7 @@ trait Board: Send + Sync + 'static {
 /// The 'static guard (clones the board's `Arc`: shared reference-count traffic).
 struct Freelane(Arc<LoadBoard>);
 impl Board for Freelane {
+    #[inline(never)]
     fn acquire(self: &Arc<Self>) -> usize {
         let g = self
             .0
@@ -38,6 +42,7 @@ impl Board for Freelane {
         drop(g);
         i
     }
+    #[inline(never)]
     fn release(&self, _gpu: usize) {}
     fn total(&self) -> u64 {
         (0..GPUS as u32)
@@ -49,6 +54,7 @@ impl Board for Freelane {
 /// The borrowed guard (no `Arc` traffic).
 struct FreelaneLocal(LoadBoard);
 impl Board for FreelaneLocal {
+    #[inline(never)]
     fn acquire(self: &Arc<Self>) -> usize {
         let g = self
             .0
@@ -56,6 +62,7 @@ impl Board for FreelaneLocal {
             .unwrap();
         g.gpu().index()
     }
+    #[inline(never)]
     fn release(&self, _gpu: usize) {}
     fn total(&self) -> u64 {
         (0..GPUS as u32)
@@ -95,6 +102,7 @@ impl Words for CachePadded<[AtomicU64; GPUS]> {
 }
 
 impl<S: Words> Board for Unpadded<S> {
+    #[inline(never)]
     fn acquire(self: &Arc<Self>) -> usize {
         let w = self.0.words();
         // Relaxed: counters only (same reasoning as LoadBoard).
@@ -102,6 +110,7 @@ impl<S: Words> Board for Unpadded<S> {
         w[g].fetch_add(1, Ordering::Relaxed);
         g
     }
+    #[inline(never)]
     fn release(&self, g: usize) {
         // Relaxed: as above.
         self.0.words()[g].fetch_sub(1, Ordering::Relaxed);
@@ -118,11 +127,13 @@ impl<S: Words> Board for Unpadded<S> {
 
 struct Padded([CachePadded<AtomicU64>; GPUS]);
 impl Board for Padded {
+    #[inline(never)]
     fn acquire(self: &Arc<Self>) -> usize {
         let g = least(self.0.iter().map(|a| a.load(Ordering::Relaxed)));
         self.0[g].fetch_add(1, Ordering::Relaxed);
         g
     }
+    #[inline(never)]
     fn release(&self, g: usize) {
         self.0[g].fetch_sub(1, Ordering::Relaxed);
     }
@@ -140,6 +151,7 @@ struct Snapshot {
     snap: CachePadded<[AtomicU64; GPUS]>,
 }
 impl Board for Snapshot {
+    #[inline(never)]
     fn acquire(self: &Arc<Self>) -> usize {
         // Relaxed: a hint for the pick; the exact counters are the RMWs below.
         let g = least(self.snap.iter().map(|a| a.load(Ordering::Relaxed)));
@@ -148,6 +160,7 @@ impl Board for Snapshot {
         self.snap[g].store(v, Ordering::Relaxed);
         g
     }
+    #[inline(never)]
     fn release(&self, g: usize) {
         // Relaxed: as above.
         let v = self.exact[g].fetch_sub(1, Ordering::Relaxed) - 1;
@@ -160,12 +173,14 @@ impl Board for Snapshot {
 
 struct StdMutex(Mutex<[u64; GPUS]>);
 impl Board for StdMutex {
+    #[inline(never)]
     fn acquire(self: &Arc<Self>) -> usize {
         let mut m = self.0.lock().unwrap();
         let g = least(m.iter().copied());
         m[g] += 1;
         g
     }
+    #[inline(never)]
     fn release(&self, g: usize) {
         self.0.lock().unwrap()[g] -= 1;
     }
@@ -176,12 +191,14 @@ impl Board for StdMutex {
 
 struct PlMutex(parking_lot::Mutex<[u64; GPUS]>);
 impl Board for PlMutex {
+    #[inline(never)]
     fn acquire(self: &Arc<Self>) -> usize {
         let mut m = self.0.lock();
         let g = least(m.iter().copied());
         m[g] += 1;
         g
     }
+    #[inline(never)]
     fn release(&self, g: usize) {
         self.0.lock()[g] -= 1;
     }
