@@ -36,6 +36,9 @@ impl Default for HealthConfig {
 }
 
 impl HealthConfig {
+    /// The smallest `ewma_alpha` the builder accepts (`1e-9`).
+    pub const MIN_EWMA_ALPHA: f64 = 1e-9;
+
     /// A builder starting from the defaults.
     pub fn builder() -> HealthConfigBuilder {
         HealthConfigBuilder {
@@ -110,13 +113,15 @@ impl HealthConfigBuilder {
         self
     }
     /// Error-rate EWMA that makes a Degraded GPU Unhealthy (default 0.5; at most 1). 1.0 is
-    /// reachable: the EWMA is snapped to 1 once it is within 4 ULPs of it (in floating point
-    /// it would otherwise stall just below 1 for small alphas).
+    /// reachable: the EWMA is snapped to 1 once it is within `f64::EPSILON / ewma_alpha` of it
+    /// (in floating point `r += alpha * (1 - r)` stops moving about a quarter of that distance
+    /// below 1, e.g. at 1 - 1.1e-15 for alpha 0.05).
     pub fn unhealthy_error_rate(mut self, rate: f64) -> Self {
         self.config.unhealthy_error_rate = rate;
         self
     }
-    /// Weight of the newest sample in the EWMAs (default 0.2; in `(0, 1]`).
+    /// Weight of the newest sample in the EWMAs (default 0.2; in
+    /// `[`[`MIN_EWMA_ALPHA`](HealthConfig::MIN_EWMA_ALPHA)`, 1]`).
     pub fn ewma_alpha(mut self, alpha: f64) -> Self {
         self.config.ewma_alpha = alpha;
         self
@@ -165,7 +170,7 @@ impl HealthConfigBuilder {
                 unhealthy: c.unhealthy_error_rate,
             });
         }
-        if !in_unit(c.ewma_alpha) {
+        if !(c.ewma_alpha >= HealthConfig::MIN_EWMA_ALPHA && c.ewma_alpha <= 1.0) {
             return Err(ConfigError::AlphaOutOfRange(c.ewma_alpha));
         }
         if c.recover_after_successes == 0 {
@@ -207,7 +212,10 @@ pub enum ConfigError {
         /// `unhealthy_error_rate`.
         unhealthy: f64,
     },
-    /// `ewma_alpha` is not in `(0, 1]` (or is NaN).
+    /// `ewma_alpha` is not in `[1e-9, 1]` (or is NaN).
+    /// ([`HealthConfig::MIN_EWMA_ALPHA`]: a smaller weight is useless, an average over more
+    /// than a billion samples, and would defeat the snap that makes an error rate of 1.0
+    /// reachable.)
     AlphaOutOfRange(f64),
 }
 
@@ -233,7 +241,9 @@ impl fmt::Display for ConfigError {
                 f,
                 "degraded_error_rate ({degraded}) must be below unhealthy_error_rate ({unhealthy})"
             ),
-            ConfigError::AlphaOutOfRange(a) => write!(f, "ewma_alpha ({a}) must be in (0, 1]"),
+            ConfigError::AlphaOutOfRange(a) => {
+                write!(f, "ewma_alpha ({a}) must be in [1e-9, 1]")
+            }
         }
     }
 }
@@ -279,7 +289,14 @@ mod tests {
             .unwrap_err();
         assert!(matches!(e, ConfigError::RatesOutOfOrder { .. }));
         let e = HealthConfig::builder().ewma_alpha(0.0).build().unwrap_err();
-        assert_eq!(e.to_string(), "ewma_alpha (0) must be in (0, 1]");
+        assert_eq!(e.to_string(), "ewma_alpha (0) must be in [1e-9, 1]");
+        for bad in [1e-10, f64::NAN, -0.5, 1.5] {
+            let e = HealthConfig::builder().ewma_alpha(bad).build().unwrap_err();
+            assert!(matches!(e, ConfigError::AlphaOutOfRange(_)), "{bad}: {e}");
+        }
+        for good in [HealthConfig::MIN_EWMA_ALPHA, 0.5, 1.0] {
+            HealthConfig::builder().ewma_alpha(good).build().unwrap();
+        }
         let e = HealthConfig::builder()
             .heartbeat_timeout(Duration::ZERO)
             .build()

@@ -33,11 +33,15 @@
 //! |---|---|---|
 //! | Healthy | Degraded | a failure brings consecutive failures to `degrade_after_failures`, or the error-rate EWMA to `degraded_error_rate` |
 //! | Degraded | Unhealthy | a failure brings consecutive failures to `unhealthy_after_failures`, or the EWMA to `unhealthy_error_rate` |
-//! | Unhealthy | Recovering | `recover_after_heartbeats` heartbeats since it became Unhealthy, each newer than the one before and none `heartbeat_timeout` or more after it; entering Recovering resets the EWMA and the consecutive counters |
+//! | Unhealthy | Recovering | `recover_after_heartbeats` heartbeats reported after it became Unhealthy, each stamped later than the one before and none `heartbeat_timeout` or more after it; entering Recovering resets the EWMA and the consecutive counters |
 //! | Recovering | Healthy | `recover_after_successes` consecutive successes |
 //! | Degraded | Healthy | `recover_after_successes` consecutive successes and the EWMA below `degraded_error_rate` |
 //! | Recovering | Unhealthy | any failure (the probe failed) |
 //! | Healthy, Degraded, Recovering | Unhealthy | [`mark_unhealthy`](HealthTable::mark_unhealthy), or [`check_heartbeats`](HealthTable::check_heartbeats) finds no heartbeat for `heartbeat_timeout` |
+//!
+//! "After it became Unhealthy" is in the order reports reach the table: the table keeps no time
+//! of the transition (failures and forced marks carry none), so a heartbeat stamped before a
+//! failover but reported after it counts, if it is newer than every heartbeat seen before.
 //!
 //! Each event causes at most one transition. Usable (for routing) = Healthy, Degraded or
 //! Recovering; a Recovering GPU takes traffic as a probe. Every transition is counted per GPU

@@ -303,9 +303,12 @@ pub(crate) fn step(
             rec.consecutive_failures = rec.consecutive_failures.saturating_add(1);
             rec.consecutive_successes = 0;
             rec.error_rate += a * (1.0 - rec.error_rate);
-            // In floating point the EWMA stalls a few ULPs below 1 (at 1 - 2^-52 for alpha
-            // 0.2), which would make an `unhealthy_error_rate` of 1.0 unreachable: snap it.
-            if 1.0 - rec.error_rate <= 4.0 * f64::EPSILON {
+            // In floating point the EWMA stops moving once alpha * (1 - r) is below half an ULP
+            // of r (2^-54), i.e. at 1 - r of about 2^-54 / alpha (1 - 2^-52 for alpha 0.2,
+            // 1 - 1.1e-15 for 0.05), which would make an `unhealthy_error_rate` of 1.0
+            // unreachable: snap it from four times that distance (alpha is at least 1e-9, so
+            // that is at most 2.2e-7).
+            if 1.0 - rec.error_rate <= f64::EPSILON / a {
                 rec.error_rate = 1.0;
             }
             match state {

@@ -298,26 +298,41 @@ fn a_timeout_clamped_to_u64_max_nanoseconds_never_fires() {
 
 #[test]
 fn an_unhealthy_error_rate_of_one_is_reachable_with_a_small_alpha() {
-    // r += a * (1 - r) stalls at 1 - 2^-52 for alpha 0.2, so a threshold of exactly 1.0 (which
-    // the builder accepts) was never reached; the EWMA now snaps to 1.0 there.
-    let c = HealthConfig::builder()
-        .degrade_after_failures(1)
-        .unhealthy_after_failures(u32::MAX)
-        .degraded_error_rate(0.1)
-        .unhealthy_error_rate(1.0)
-        .ewma_alpha(0.2)
-        .build()
-        .unwrap();
-    let t = HealthTable::with_epoch(1, c, Instant::now());
-    let mut last = None;
-    for _ in 0..1_000 {
-        if let Some(tr) = t.report_failure(GpuId(0)).unwrap() {
-            last = Some(tr);
+    // r += a * (1 - r) stops moving at 1 - 2^-52 for alpha 0.2 and at about 1 - 2^-54 / a for
+    // smaller ones, so a threshold of exactly 1.0 (which the builder accepts) was never
+    // reached: first for every alpha, then (snapping within 4 ULPs) for alphas below about
+    // 0.06 (review 2026-12-03: still Degraded after 200000 failures at 0.05, 0.01, 0.001).
+    // The EWMA now snaps to 1.0 within EPSILON / alpha.
+    for alpha in [1.0, 0.2, 0.05, 0.01, 0.001] {
+        let c = HealthConfig::builder()
+            .degrade_after_failures(1)
+            .unhealthy_after_failures(u32::MAX)
+            .degraded_error_rate(0.1)
+            .unhealthy_error_rate(1.0)
+            .ewma_alpha(alpha)
+            .build()
+            .unwrap();
+        let t = HealthTable::with_epoch(1, c, Instant::now());
+        let mut last = None;
+        let mut failures = 0;
+        while t.state(GpuId(0)) != GpuState::Unhealthy && failures < 200_000 {
+            if let Some(tr) = t.report_failure(GpuId(0)).unwrap() {
+                last = Some(tr);
+            }
+            failures += 1;
         }
-        if t.state(GpuId(0)) == GpuState::Unhealthy {
-            break;
-        }
+        let rec = t.record(GpuId(0)).unwrap();
+        assert_eq!(
+            t.state(GpuId(0)),
+            GpuState::Unhealthy,
+            "alpha {alpha}: after {failures} failures, error rate 1 - {:e}",
+            1.0 - rec.error_rate
+        );
+        assert_eq!(rec.error_rate, 1.0);
+        assert_eq!(
+            last.map(|tr| tr.cause),
+            Some(Cause::ErrorRate),
+            "alpha {alpha}"
+        );
     }
-    assert_eq!(t.state(GpuId(0)), GpuState::Unhealthy);
-    assert_eq!(last.map(|tr| tr.cause), Some(Cause::ErrorRate));
 }

@@ -122,7 +122,7 @@ impl Plain {
                 self.consecutive_failures += 1;
                 self.consecutive_successes = 0;
                 self.error_rate += c.alpha * (1.0 - self.error_rate);
-                if 1.0 - self.error_rate <= 4.0 * f64::EPSILON {
+                if 1.0 - self.error_rate <= f64::EPSILON / c.alpha {
                     self.error_rate = 1.0; // the documented snap (see `unhealthy_error_rate`)
                 }
                 let cf = self.consecutive_failures;

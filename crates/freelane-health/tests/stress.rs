@@ -73,9 +73,9 @@ fn seqlock_oversubscribed_no_torn_read_no_lost_update() {
 }
 
 /// Reporters on several threads hammer two GPUs with successes, failures, heartbeats and
-/// checks while routers read: every event is counted exactly once in the records, the hot
-/// state always equals some state the record went through, and the transition counts agree
-/// with the number of state changes recorded.
+/// checks while routers read: every event is counted exactly once in the records, every record
+/// a router reads is consistent (error rate in [0, 1], consecutive counts within the totals, a
+/// valid state), and the transition counts agree with the number of state changes recorded.
 #[test]
 fn health_table_counts_every_event_exactly_once() {
     let config = HealthConfig::builder()

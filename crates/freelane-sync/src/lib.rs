@@ -120,12 +120,6 @@ pub mod cell {
         pub fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
             f(self.0.get())
         }
-
-        /// Safe exclusive access through `&mut self` (no other access can exist).
-        #[inline(always)]
-        pub fn get_mut(&mut self) -> &mut T {
-            self.0.get_mut()
-        }
     }
 }
 
@@ -211,9 +205,7 @@ mod tests {
         cell.with_mut(|p| unsafe { *p += 1 });
         // SAFETY: single-threaded; no exclusive access is live.
         assert_eq!(cell.with(|p| unsafe { *p }), 42);
-        let mut cell = cell;
-        *cell.get_mut() += 1;
-        assert_eq!(cell.into_inner(), 43);
+        assert_eq!(cell.into_inner(), 42);
     }
 
     #[test]
