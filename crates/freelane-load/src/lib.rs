@@ -95,15 +95,18 @@
 //! - **Below half of both limits** (fewer than 2^22 in flight and a score below 2^38, as read
 //!   by the pick, or by one load for [`try_acquire`](LoadBoard::try_acquire) and round robin),
 //!   a cost up to 65535 is added with one `fetch_add`, checked on the value it returns, and
-//!   taken back with a `fetch_sub` if that was already at a limit — which takes over four
-//!   million acquires on that GPU between the reading and the add.
+//!   taken back with a `fetch_sub` if that was already at a limit — which takes, between the
+//!   reading and the add, over four million acquires on that GPU, or acquires adding 2^38 of
+//!   cost (one large acquire can: "reserve the whole GPU" with a cost near `MAX_COST`).
 //! - **Otherwise** (near a limit, larger costs, and after such a refusal) one compare-and-swap
 //!   checks and adds; it adds nothing when it refuses.
 //!
-//! So near a limit nothing ever shows a refused add. Far from one, a refused `fetch_add` (after
-//! a reading stale by millions of acquires) is visible until taken back: a racing acquire
-//! counts it and may be refused too, and a reader may see up to one request (and its cost) more
-//! per such refusal in progress. Each field's upper half is headroom for those excesses (24 bits
+//! So a refused add is only ever visible after such a stale reading: while it is, a racing
+//! acquire counts it and may be refused too (rarely: the window is a few instructions long,
+//! unless the thread is preempted inside it), and a reader may see up to one request (and its
+//! cost) more per such refusal in progress, also above a limit. A request that never fits,
+//! retried in a loop near a limit, cannot keep refusing ones that do: near a limit it takes the
+//! compare-and-swap. Each field's upper half is headroom for those excesses (24 bits
 //! for at most 2^23 - 1 in flight, 40 bits for a score of at most 2^39 - 1, each refused add at
 //! most 2^16 on the score), so no carry ever leaves a field as long as at most 2^23 threads are
 //! inside a refused `fetch_add` on the same GPU at once (Linux caps a whole system at 2^22
@@ -747,13 +750,16 @@ impl LoadBoard {
             if fits(old, cost) {
                 return Ok(delta);
             }
-            // Refused (the reading was stale by millions of acquires): take the add back. Until
+            // Refused (the reading was stale: millions of acquires, or a large cost, landed
+            // since): take the add back. Until
             // then the word reads one more request (and this cost) than is live; the headroom
             // above the limits holds that excess for up to 2^23 racing refusals without a carry
             // out of either field, and `fits` counts it, so it can only cause refusals, never
             // admit past a limit.
             // Relaxed: as above; this thread still borrows the board, so no free can race it.
             slot.fetch_sub(delta, Ordering::Relaxed);
+            #[cfg(test)]
+            tests::after_refused_fetch_add(slot);
             // What refused it may have been another refused add rather than live guards:
             // check once more, exactly, below.
         }
@@ -1488,6 +1494,44 @@ mod tests {
         assert_eq!(b.stats(GpuId(0)).unwrap().allocations, 3);
     }
 
+    std::thread_local! {
+        /// Called by `add_with` after a refused `fetch_add` is taken back (fault injection).
+        static AFTER_REFUSED: std::cell::Cell<Option<fn(&AtomicU64)>> =
+            const { std::cell::Cell::new(None) };
+    }
+
+    /// The hook `add_with` calls between a refused `fetch_add`'s take-back and its second look.
+    pub(super) fn after_refused_fetch_add(slot: &AtomicU64) {
+        if let Some(f) = AFTER_REFUSED.with(|h| h.get()) {
+            f(slot);
+        }
+    }
+
+    #[test]
+    fn a_fetch_add_refused_by_another_refused_add_looks_again_and_is_admitted() {
+        // The word shows live guards with room for exactly a cost of 0 plus another acquire's
+        // refused add of cost 10 not yet taken back. A `fetch_add` from a stale reading is
+        // refused (it counts that add); the other takes its add back (the hook) before the
+        // second look, which then admits the request.
+        let b = Arc::new(LoadBoard::new(1));
+        let live = pack(0, MAX_COST);
+        let other = (11 << LOAD_SHIFT) | 1;
+        b.slot(0).store(live + other, Ordering::Relaxed);
+        AFTER_REFUSED.with(|h| {
+            h.set(Some(|slot| {
+                // Relaxed: single-threaded test.
+                slot.fetch_sub((11 << LOAD_SHIFT) | 1, Ordering::Relaxed);
+            }))
+        });
+        let admitted = b.add_with(GpuId(0), 0, rng::stripe(), Some(0));
+        AFTER_REFUSED.with(|h| h.set(None));
+        let delta = admitted.expect("the second look admits it");
+        assert_eq!(b.load(GpuId(0)), MAX_LOAD);
+        b.remove(GpuId(0), delta);
+        assert_eq!(b.slot(0).load(Ordering::Relaxed), live);
+        b.slot(0).store(0, Ordering::Relaxed);
+    }
+
     /// A packed load word (test presets).
     fn pack(in_flight: u64, cost: u64) -> u64 {
         assert!(in_flight <= MAX_IN_FLIGHT && in_flight + cost <= MAX_LOAD);
@@ -1711,52 +1755,69 @@ mod tests {
 
     #[test]
     fn near_a_limit_a_request_that_never_fits_never_refuses_one_that_does() {
-        // Room for 10 units: one thread keeps asking for 11 (cost 10, always refused) while
-        // this one asks for 1 (cost 0, which fits at every instant), alternately through
-        // `try_acquire` and `pick_and_acquire_local`. Near a limit both take the
-        // compare-and-swap, which never shows a refused add, so no fitting ask is refused.
-        // (With the `fetch_add` there, about a fifth were: 367977 of 2M in a review; with a
-        // compare-and-swap second look after a refused `fetch_add`, 0.1-0.5% alone and 10-16%
-        // beside the other tests, when the refusing thread was preempted mid-refusal.)
+        // Room for 10 units on every GPU: one thread keeps asking for 11 (cost 10, always
+        // refused) while this one asks for 1 (cost 0, which fits at every instant), alternately
+        // through `try_acquire` and `pick_and_acquire_local`, for each pick path: least loaded
+        // (one GPU), two choices (two GPUs) and weighted least loaded (one GPU of weight 2, so
+        // that every pick lands where the other thread's do). Near a limit
+        // all of them take the compare-and-swap, which never shows a refused add, so no fitting
+        // ask is refused. (With the `fetch_add` there, about a fifth were: 367977 of 2M in a
+        // review; with a compare-and-swap second look after a refused `fetch_add`, 0.1-0.5%
+        // alone and 10-16% beside the other tests, when the refusing thread was preempted
+        // mid-refusal.)
         use std::sync::atomic::AtomicBool;
-        let b = Arc::new(LoadBoard::new(1));
         let preset = pack(0, MAX_COST - 9);
         assert_eq!(MAX_LOAD - score(preset), 10);
-        b.slot(0).store(preset, Ordering::Relaxed);
-        let stop = Arc::new(AtomicBool::new(false));
-        let doomed = {
-            let (b, stop) = (Arc::clone(&b), Arc::clone(&stop));
-            std::thread::spawn(move || {
-                let mut tries = 0u64;
-                // Relaxed: a flag; the join synchronizes.
-                while !stop.load(Ordering::Relaxed) {
-                    assert!(b.try_acquire(GpuId(0), 10).is_err());
-                    assert!(b
-                        .pick_and_acquire_local(Policy::LeastLoaded, 10, |_| true)
-                        .is_none());
-                    tries += 2;
-                }
-                tries
-            })
-        };
-        let asks = if cfg!(miri) { 200 } else { 400_000 };
-        let mut refused = 0u64;
-        for i in 0..asks {
-            let admitted = if i % 2 == 0 {
-                b.try_acquire(GpuId(0), 0).is_ok()
-            } else {
-                b.pick_and_acquire_local(Policy::LeastLoaded, 0, |_| true)
-                    .is_some()
+        let cases = [
+            (LoadBoard::new(1), Policy::LeastLoaded),
+            (LoadBoard::new(2), Policy::PowerOfTwoChoices),
+            (LoadBoard::with_weights(&[2]).unwrap(), Policy::LeastLoaded),
+        ];
+        for (board, policy) in cases {
+            let b = Arc::new(board);
+            let gpus = b.gpus();
+            for g in 0..gpus {
+                b.slot(g).store(preset, Ordering::Relaxed);
+            }
+            let stop = Arc::new(AtomicBool::new(false));
+            let doomed = {
+                let (b, stop) = (Arc::clone(&b), Arc::clone(&stop));
+                std::thread::spawn(move || {
+                    let mut tries = 0u64;
+                    // Relaxed: a flag; the join synchronizes.
+                    while !stop.load(Ordering::Relaxed) {
+                        assert!(b.try_acquire(GpuId(0), 10).is_err());
+                        assert!(b.pick_and_acquire_local(policy, 10, |_| true).is_none());
+                        tries += 2;
+                    }
+                    tries
+                })
             };
-            refused += u64::from(!admitted);
+            let asks = if cfg!(miri) { 100 } else { 200_000 };
+            let mut refused = 0u64;
+            for i in 0..asks {
+                let admitted = if i % 2 == 0 {
+                    b.try_acquire(GpuId(0), 0).is_ok()
+                } else {
+                    b.pick_and_acquire_local(policy, 0, |_| true).is_some()
+                };
+                refused += u64::from(!admitted);
+            }
+            // Relaxed: a flag; the join synchronizes.
+            stop.store(true, Ordering::Relaxed);
+            let tries = doomed.join().unwrap();
+            assert!(tries > 0);
+            for g in 0..gpus {
+                assert_eq!(b.slot(g).load(Ordering::Relaxed), preset);
+                b.slot(g).store(0, Ordering::Relaxed);
+            }
+            assert_eq!(
+                refused,
+                0,
+                "{policy} on {gpus} GPUs (weights {:?}): {refused} of {asks} fitting asks refused",
+                b.weight(GpuId(0))
+            );
         }
-        // Relaxed: a flag; the join synchronizes.
-        stop.store(true, Ordering::Relaxed);
-        let tries = doomed.join().unwrap();
-        assert!(tries > 0);
-        assert_eq!(b.slot(0).load(Ordering::Relaxed), preset);
-        b.slot(0).store(0, Ordering::Relaxed);
-        assert_eq!(refused, 0, "{refused} of {asks} fitting asks refused");
     }
 
     #[test]
