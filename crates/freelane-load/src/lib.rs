@@ -116,10 +116,10 @@
 //! compare-and-swap-only design of 2026-12-02 fixed that but measured 0.6–0.96x this design's
 //! throughput with 2–8 routers, and a load of the word just before the `fetch_add` 0.72–0.79x.)
 //!
-//! **Randomness.** `PowerOfTwoChoices` and tie-breaking use a thread-local xorshift generator
-//! seeded on first use from `std`'s `RandomState`: no shared RNG state (except for a thread
-//! that picks from another thread-local's destructor after ours was destroyed, which draws
-//! from a shared splitmix64 counter). An unweighted
+//! **Randomness.** `PowerOfTwoChoices` and tie-breaking use a thread-local wyrand generator (a
+//! Weyl sequence mixed by one 64 x 64 -> 128-bit multiply) seeded on first use from `std`'s
+//! `RandomState`: no shared RNG state. The thread-local has no destructor, so it is read without
+//! a liveness check and works from other thread-locals' destructors too. An unweighted
 //! `LeastLoaded` pick breaks ties by XOR-ing the GPU indices with a uniformly random GPU index
 //! (a permutation per call: a full tie goes to a uniformly random GPU, and every GPU of a partial
 //! tie can win); weighted picks break ties by a random rotation. Under loom the generator is a `loom::thread_local!` with a fixed seed, so models
@@ -821,8 +821,8 @@ impl LoadBoard {
             // (e.g. an idle board) the winner is `mask` itself, so ties are spread uniformly;
             // among a subset of tied GPUs every one can win. (A rotation would do the same but
             // costs a select per GPU: measured 24 vs 13.5 ns per pick + acquire + release.)
-            // The key is one AND and one OR, no unpacking (that unpacking measured about a tenth
-            // of a pick + acquire + release). A real key never reaches `u64::MAX`: its rank is
+            // The key takes three instructions after the load, no unpacking (that unpacking
+            // measured about a tenth of a pick + acquire + release). A real key never reaches `u64::MAX`: its rank is
             // below the next power of two of `n`, at most `MAX_GPUS` = 2^20 < 2^RANK_BITS.
             // The key keeps the word's in-flight bits 22 and 23 above the rank, so that the
             // winner's key tells `add_with` whether its word is far below both limits (2^22 in
@@ -831,36 +831,48 @@ impl LoadBoard {
             // all the words instead kept them alive beside the keys: spilled registers, +1 to
             // 2.6 ns per operation.)
             let mask = if n == 1 { 0 } else { rng::below(r, n) };
+            // `(w | RANK_MASK) ^ g ^ flip` is `(w & !RANK_MASK) | (g ^ mask)` (both `g` and `mask`
+            // are below 2^RANK_BITS) in one OR and two XORs with immediates or a register, no
+            // copies: the whole key in three instructions after the load.
+            let flip = RANK_MASK ^ mask as u64;
             let key = |g: usize, word: &AtomicU64| {
                 // Relaxed: a statistical snapshot; the counter publishes no other data.
                 let w = word.load(Ordering::Relaxed);
                 if eligible(GpuId(g as u32)) {
-                    (w & !RANK_MASK) | (g ^ mask) as u64
+                    (w | RANK_MASK) ^ g as u64 ^ flip
                 } else {
                     u64::MAX
                 }
             };
-            let mut best = u64::MAX;
-            for (b, block) in self.blocks.iter().enumerate() {
-                let base = b * WORDS_PER_BLOCK;
-                if n - base >= WORDS_PER_BLOCK {
-                    // A full block: fixed trip count (unrolled), reduced pairwise so the minimum
-                    // is not one long dependency chain.
-                    let k: [u64; WORDS_PER_BLOCK] =
-                        std::array::from_fn(|i| key(base + i, &block[i]));
-                    let m = [
-                        k[0].min(k[1]),
-                        k[2].min(k[3]),
-                        k[4].min(k[5]),
-                        k[6].min(k[7]),
-                    ];
-                    best = best.min(m[0].min(m[1]).min(m[2].min(m[3])));
-                } else {
-                    for (i, word) in block[..n - base].iter().enumerate() {
-                        best = best.min(key(base + i, word));
+            // A full block: fixed trip count (unrolled), reduced pairwise so the minimum is not
+            // one long dependency chain.
+            let full_block = |base: usize, block: &[AtomicU64; WORDS_PER_BLOCK]| {
+                let k: [u64; WORDS_PER_BLOCK] = std::array::from_fn(|i| key(base + i, &block[i]));
+                let m = [
+                    k[0].min(k[1]),
+                    k[2].min(k[3]),
+                    k[4].min(k[5]),
+                    k[6].min(k[7]),
+                ];
+                m[0].min(m[1]).min(m[2].min(m[3]))
+            };
+            let best = if n == WORDS_PER_BLOCK {
+                // The common board of eight GPUs: one straight-line block, no loop.
+                full_block(0, &self.blocks[0])
+            } else {
+                let mut best = u64::MAX;
+                for (b, block) in self.blocks.iter().enumerate() {
+                    let base = b * WORDS_PER_BLOCK;
+                    if n - base >= WORDS_PER_BLOCK {
+                        best = best.min(full_block(base, block));
+                    } else {
+                        for (i, word) in block[..n - base].iter().enumerate() {
+                            best = best.min(key(base + i, word));
+                        }
                     }
                 }
-            }
+                best
+            };
             if best == u64::MAX {
                 return None;
             }
@@ -1230,7 +1242,7 @@ impl Drop for LocalLoadGuard<'_> {
     }
 }
 
-/// The thread-local xorshift generator (no shared RNG state) and the thread's statistics stripe,
+/// The thread-local wyrand generator (no shared RNG state) and the thread's statistics stripe,
 /// kept in one thread-local so that a pick-and-acquire reads it once.
 mod rng {
     use std::cell::Cell;
@@ -1238,13 +1250,16 @@ mod rng {
     /// This thread's generator state and statistics row.
     #[cfg(not(freelane_loom))]
     struct Local {
-        /// 0 until first use, then the xorshift state (never 0 again).
+        /// 0 until seeded, then the wyrand state.
         state: Cell<u64>,
         /// `usize::MAX` until first use, then this thread's stripe (an owned row is handed
-        /// back when the thread exits).
+        /// back when the thread exits, by `RowOwner`).
         row: Cell<usize>,
     }
 
+    // No destructor: a thread-local without one is a plain thread-local static, read with no
+    // liveness check (the row's hand-back lives in `ROW_OWNER`, touched only when claiming), and
+    // usable even from other thread-locals' destructors.
     #[cfg(not(freelane_loom))]
     std::thread_local! {
         static LOCAL: Local = const {
@@ -1256,19 +1271,28 @@ mod rng {
     }
 
     #[cfg(not(freelane_loom))]
+    const _: () = assert!(!std::mem::needs_drop::<Local>());
+
+    #[cfg(not(freelane_loom))]
     impl Local {
-        /// The next 64 random bits (xorshift64*).
+        /// The next 64 random bits (wyrand: a Weyl sequence mixed by one 64 x 64 -> 128-bit
+        /// multiply).
         #[inline]
         fn next(&self) -> u64 {
             let mut x = self.state.get();
             if x == 0 {
                 x = seed();
             }
-            x ^= x >> 12;
-            x ^= x << 25;
-            x ^= x >> 27;
+            self.step(x)
+        }
+
+        /// A wyrand step from the (seeded) state `x`.
+        #[inline]
+        fn step(&self, x: u64) -> u64 {
+            let x = x.wrapping_add(0xA076_1D64_78BD_642F);
             self.state.set(x);
-            x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+            let t = u128::from(x) * u128::from(x ^ 0xE703_7ED1_A0B4_28DB);
+            (t >> 64) as u64 ^ t as u64
         }
 
         /// This thread's row and whether it owns it (see `stripe`).
@@ -1276,24 +1300,56 @@ mod rng {
         fn stripe(&self) -> (usize, bool) {
             let mut r = self.row.get();
             if r == usize::MAX {
-                r = claim_row();
-                self.row.set(r);
+                r = self.first_use();
             }
             (r, r < super::OWNED_ROWS)
         }
+
+        /// `next()` and `stripe()` with one first-use check: a thread's first `stripe` also
+        /// seeds the generator.
+        #[inline]
+        fn next_and_stripe(&self) -> (u64, (usize, bool)) {
+            let mut r = self.row.get();
+            if r == usize::MAX {
+                r = self.first_use();
+            }
+            (self.step(self.state.get()), (r, r < super::OWNED_ROWS))
+        }
+
+        /// Seeds the generator (if `next` has not) and claims a row.
+        #[cold]
+        fn first_use(&self) -> usize {
+            if self.state.get() == 0 {
+                self.state.set(seed());
+            }
+            let r = claim_row();
+            self.row.set(r);
+            r
+        }
     }
 
-    /// Returns an owned row on thread exit.
+    /// Hands this thread's owned row back when the thread exits. Registered (by the first
+    /// access to `ROW_OWNER`) before a row is claimed, so every owned row has one.
     #[cfg(not(freelane_loom))]
-    impl Drop for Local {
+    struct RowOwner;
+
+    #[cfg(not(freelane_loom))]
+    impl Drop for RowOwner {
         fn drop(&mut self) {
-            let r = self.row.get();
+            // Later counts on this thread (from other thread-locals' destructors) go to a
+            // shared row with RMWs.
+            let r = LOCAL.with(|l| l.row.replace(super::STRIPES - 1));
             if r < super::OWNED_ROWS {
                 // Release: this thread's last stores to the row's counters happen-before the
                 // next owner's Acquire claim, so its loads start from our final counts.
                 FREE_ROWS.fetch_or(1 << r, std::sync::atomic::Ordering::Release);
             }
         }
+    }
+
+    #[cfg(not(freelane_loom))]
+    std::thread_local! {
+        static ROW_OWNER: RowOwner = const { RowOwner };
     }
 
     /// Bit `r` set: owned row `r` is free.
@@ -1309,26 +1365,30 @@ mod rng {
     #[cfg(not(freelane_loom))]
     static NEXT_SHARED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-    /// Claims a free owned row, or picks a shared one.
+    /// Claims a free owned row, or picks a shared one (also when this thread's thread-locals
+    /// are being destroyed, so that no owned row goes unreturned).
     #[cfg(not(freelane_loom))]
     #[cold]
     fn claim_row() -> usize {
         use std::sync::atomic::Ordering;
-        // Relaxed: a first guess for the CAS, which validates it.
-        let mut free = FREE_ROWS.load(Ordering::Relaxed);
-        while free != 0 {
-            let r = free.trailing_zeros();
-            // Acquire (success): pairs with the previous owner's Release hand-back, so its
-            // counter stores happen-before our loads (we continue from its counts). Relaxed
-            // (failure): just retry with the current mask.
-            match FREE_ROWS.compare_exchange_weak(
-                free,
-                free & !(1 << r),
-                Ordering::Acquire,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return r as usize,
-                Err(now) => free = now,
+        // Registers `RowOwner`'s destructor; fails only once it has run (or is running).
+        if ROW_OWNER.try_with(|_| ()).is_ok() {
+            // Relaxed: a first guess for the CAS, which validates it.
+            let mut free = FREE_ROWS.load(Ordering::Relaxed);
+            while free != 0 {
+                let r = free.trailing_zeros();
+                // Acquire (success): pairs with the previous owner's Release hand-back, so its
+                // counter stores happen-before our loads (we continue from its counts). Relaxed
+                // (failure): just retry with the current mask.
+                match FREE_ROWS.compare_exchange_weak(
+                    free,
+                    free & !(1 << r),
+                    Ordering::Acquire,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => return r as usize,
+                    Err(now) => free = now,
+                }
             }
         }
         // Relaxed: only spreads threads over the shared rows; any row is correct.
@@ -1347,29 +1407,12 @@ mod rng {
         s | 1
     }
 
-    /// Random bits for a thread whose thread-locals are already destroyed (a pick from another
-    /// thread-local's destructor): a splitmix64 step over a shared counter. Rare; any bits do.
-    #[cfg(not(freelane_loom))]
-    #[cold]
-    fn late_random() -> u64 {
-        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        // Relaxed: only makes successive draws differ; no data is published through it.
-        let mut z = COUNTER
-            .fetch_add(0x9E37_79B9_7F4A_7C15, std::sync::atomic::Ordering::Relaxed)
-            .wrapping_add(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// The next 64 random bits (xorshift64*).
+    /// The next 64 random bits.
     #[inline]
     pub(crate) fn next() -> u64 {
         #[cfg(not(freelane_loom))]
         {
-            LOCAL
-                .try_with(Local::next)
-                .unwrap_or_else(|_| late_random())
+            LOCAL.with(Local::next)
         }
         #[cfg(freelane_loom)]
         {
@@ -1394,14 +1437,12 @@ mod rng {
     /// is this thread's alone. A thread claims a free owned row on first use and hands it back
     /// when it exits (so a pool that replaces its threads keeps owning rows); a row has at most
     /// one live owner, its only writer. Threads that find no owned row free, or count after
-    /// their thread-locals were destroyed, use a shared row with RMWs.
+    /// their thread-locals began to be destroyed, use a shared row with RMWs.
     #[inline]
     pub(crate) fn stripe() -> (usize, bool) {
         #[cfg(not(freelane_loom))]
         {
-            LOCAL
-                .try_with(Local::stripe)
-                .unwrap_or((super::STRIPES - 1, false))
+            LOCAL.with(Local::stripe)
         }
         #[cfg(freelane_loom)]
         {
@@ -1415,9 +1456,7 @@ mod rng {
     pub(crate) fn next_and_stripe() -> (u64, (usize, bool)) {
         #[cfg(not(freelane_loom))]
         {
-            LOCAL
-                .try_with(|l| (l.next(), l.stripe()))
-                .unwrap_or_else(|_| (late_random(), (super::STRIPES - 1, false)))
+            LOCAL.with(Local::next_and_stripe)
         }
         #[cfg(freelane_loom)]
         {
@@ -2154,6 +2193,93 @@ mod tests {
             w.join().unwrap();
         }
         assert_eq!(releaser.join().unwrap(), 2 * n as usize);
+    }
+
+    #[test]
+    fn owned_statistics_rows_are_handed_back_when_threads_exit() {
+        // Threads one after another, each counting on the board: each finds an owned row free
+        // again (unless other tests' threads hold all of them at that moment). Without the
+        // hand-back the first OWNED_ROWS threads would keep the rows and every later thread
+        // would count on a shared row.
+        let threads = if cfg!(miri) {
+            OWNED_ROWS + 4
+        } else {
+            3 * OWNED_ROWS
+        };
+        let b = Arc::new(LoadBoard::new(2));
+        let owned = (0..threads)
+            .filter(|_| {
+                let b = Arc::clone(&b);
+                std::thread::spawn(move || {
+                    drop(b.pick_and_acquire(Policy::LeastLoaded, 0, |_| true));
+                    rng::stripe().1
+                })
+                .join()
+                .unwrap()
+            })
+            .count();
+        assert!(
+            owned > OWNED_ROWS + (threads - OWNED_ROWS) / 2,
+            "{owned} of {threads} threads owned a row"
+        );
+        let allocations: u64 = (0..2).map(|g| b.stats(GpuId(g)).unwrap().allocations).sum();
+        assert_eq!(allocations, threads as u64);
+    }
+
+    /// The board to use, and where to report the stripe, from `LateUse`'s destructor.
+    type LateJob = (Arc<LoadBoard>, std::sync::mpsc::Sender<(usize, bool)>);
+
+    /// A thread-local whose destructor acquires on the board and reports this thread's stripe.
+    struct LateUse(std::cell::RefCell<Option<LateJob>>);
+
+    impl Drop for LateUse {
+        fn drop(&mut self) {
+            if let Some((b, tx)) = self.0.borrow_mut().take() {
+                drop(b.pick_and_acquire(Policy::LeastLoaded, 1, |_| true));
+                tx.send(rng::stripe()).unwrap();
+            }
+        }
+    }
+
+    std::thread_local! {
+        static LATE_USE: LateUse = const { LateUse(std::cell::RefCell::new(None)) };
+    }
+
+    #[test]
+    fn thread_local_destructors_can_still_pick_and_count() {
+        let b = Arc::new(LoadBoard::new(2));
+        let (tx, rx) = std::sync::mpsc::channel();
+        // First: `LATE_USE`'s destructor is registered before this thread's row is claimed, so
+        // it runs after the row was handed back (destructors run in reverse order of
+        // registration); it then counts on a shared row.
+        let (b2, tx2) = (Arc::clone(&b), tx.clone());
+        std::thread::spawn(move || {
+            LATE_USE.with(|l| *l.0.borrow_mut() = Some((Arc::clone(&b2), tx2)));
+            drop(b2.pick_and_acquire(Policy::LeastLoaded, 1, |_| true));
+            assert!(rng::stripe().0 < STRIPES);
+        })
+        .join()
+        .unwrap();
+        let late = rx.recv().unwrap();
+        if cfg!(target_os = "linux") {
+            assert_eq!(
+                late,
+                (STRIPES - 1, false),
+                "counted on an owned row after hand-back"
+            );
+        }
+        // Second: the thread's first use of the board is in that destructor (the row is
+        // claimed, and its hand-back registered, while the thread's destructors run).
+        let b3 = Arc::clone(&b);
+        std::thread::spawn(move || {
+            LATE_USE.with(|l| *l.0.borrow_mut() = Some((b3, tx)));
+        })
+        .join()
+        .unwrap();
+        assert!(rx.recv().unwrap().0 < STRIPES);
+        let stats: Vec<GpuStats> = (0..2).map(|g| b.stats(GpuId(g)).unwrap()).collect();
+        assert_eq!(stats.iter().map(|s| s.allocations).sum::<u64>(), 3);
+        assert_eq!(stats.iter().map(|s| s.in_flight + s.cost).sum::<u64>(), 0);
     }
 
     #[test]
