@@ -8,17 +8,17 @@ use proptest::prelude::*;
 #[derive(Debug, Clone)]
 enum Op {
     Acquire { gpu: u32, cost: u64 },
-    PickAndAcquire { policy: u8, cost: u64, mask: u8 },
+    PickAndAcquire { policy: u8, cost: u64, mask: u16 },
     Release { index: usize },
     Fail { index: usize },
     RecordFailure { gpu: u32 },
-    Pick { policy: u8, mask: u8 },
+    Pick { policy: u8, mask: u16 },
 }
 
 fn op(gpus: u32) -> impl Strategy<Value = Op> {
     prop_oneof![
         (0..gpus + 1, 0..1000u64).prop_map(|(gpu, cost)| Op::Acquire { gpu, cost }),
-        (0..3u8, 0..1000u64, any::<u8>()).prop_map(|(policy, cost, mask)| Op::PickAndAcquire {
+        (0..3u8, 0..1000u64, any::<u16>()).prop_map(|(policy, cost, mask)| Op::PickAndAcquire {
             policy,
             cost,
             mask
@@ -26,7 +26,7 @@ fn op(gpus: u32) -> impl Strategy<Value = Op> {
         any::<usize>().prop_map(|index| Op::Release { index }),
         any::<usize>().prop_map(|index| Op::Fail { index }),
         (0..gpus + 1).prop_map(|gpu| Op::RecordFailure { gpu }),
-        (0..3u8, any::<u8>()).prop_map(|(policy, mask)| Op::Pick { policy, mask }),
+        (0..3u8, any::<u16>()).prop_map(|(policy, mask)| Op::Pick { policy, mask }),
     ]
 }
 
@@ -59,6 +59,26 @@ fn check(board: &LoadBoard, model: &[ModelGpu]) {
     }
 }
 
+/// `g`'s weighted load (before this pick's acquire) is minimal among the eligible GPUs:
+/// `load_g / w_g <= load_h / w_h`.
+fn lightest(
+    model: &[ModelGpu],
+    weights: &[u32],
+    g: GpuId,
+    eligible: impl Fn(GpuId) -> bool,
+) -> Result<(), TestCaseError> {
+    let load = |h: usize| u128::from(model[h].in_flight + model[h].cost);
+    for h in (0..model.len()).filter(|&h| eligible(GpuId(h as u32))) {
+        prop_assert!(
+            load(g.index()) * u128::from(weights[h]) <= load(h) * u128::from(weights[g.index()]),
+            "picked {} but gpu{} is lighter",
+            g,
+            h
+        );
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: if cfg!(miri) { 4 } else { 256 }, ..ProptestConfig::default() })]
 
@@ -68,9 +88,12 @@ proptest! {
     #[test]
     #[cfg_attr(miri, ignore)]
     fn load_accounting_matches_exact_sums(
-        weights in prop::collection::vec(1u32..4, 1..6),
-        ops in prop::collection::vec(op(6), 0..120),
+        (weights, unweighted) in (prop::collection::vec(1u32..4, 1..13), any::<bool>()),
+        ops in prop::collection::vec(op(12), 0..120),
     ) {
+        // Half the boards unweighted (every weight 1: the one-block fast path for up to eight
+        // GPUs), half weighted; 1 to 12 GPUs, so one and two blocks.
+        let weights: Vec<u32> = if unweighted { vec![1; weights.len()] } else { weights };
         let n = weights.len();
         let board = Arc::new(LoadBoard::with_weights(&weights).unwrap());
         let mut model = vec![ModelGpu::default(); n];
@@ -95,6 +118,9 @@ proptest! {
                     match board.pick_and_acquire(policy(p), cost, eligible) {
                         Some(g) => {
                             prop_assert!(eligible(g.gpu()));
+                            if policy(p) == Policy::LeastLoaded {
+                                lightest(&model, &weights, g.gpu(), eligible)?;
+                            }
                             let m = &mut model[g.gpu().index()];
                             m.in_flight += 1;
                             m.cost += cost;
@@ -133,15 +159,7 @@ proptest! {
                     if let Some(g) = picked {
                         prop_assert!(eligible(g));
                         if policy(p) == Policy::LeastLoaded {
-                            // weighted load of g is minimal: load_g / w_g <= load_h / w_h.
-                            let lg = u128::from(model[g.index()].in_flight + model[g.index()].cost);
-                            for h in (0..n).filter(|&h| eligible(GpuId(h as u32))) {
-                                let lh = u128::from(model[h].in_flight + model[h].cost);
-                                prop_assert!(
-                                    lg * u128::from(weights[h]) <= lh * u128::from(weights[g.index()]),
-                                    "picked {} but {} is lighter", g, h
-                                );
-                            }
+                            lightest(&model, &weights, g, eligible)?;
                         }
                     }
                 }
