@@ -79,9 +79,9 @@
 //! (load, then tie-break rank) with `min`, so a random tie-break costs no mispredicted branches.
 //! The common board (unweighted, at most eight GPUs: one block) picks the least loaded and
 //! acquires in one straight-line path (no block loop, no bounds checks the pick already
-//! guarantees; every other board and policy takes a general path, out of line so that its
-//! registers do not crowd this one): a version of the general path measured about 7 ns of 25
-//! more single-threaded than the same features written out by hand. Measured against a bare
+//! guarantees; `PowerOfTwoChoices` stays inline too, and every other board and policy takes a
+//! general path, out of line so that its registers do not crowd these): the general path
+//! measured about 7 ns of 25 more single-threaded than the same features written out by hand. Measured against a bare
 //! `[AtomicU64; 8]` scan (no tie-break, no statistics) in docs/BENCHMARKS.md.
 //!
 //! **Orderings.** Counter operations are `Relaxed` except the guard's subtract (`Release`) and
@@ -650,14 +650,23 @@ impl LoadBoard {
         eligible: &impl Fn(GpuId) -> bool,
     ) -> Option<(GpuId, u64)> {
         let (r, stripe) = rng::next_and_stripe();
-        if let (Policy::LeastLoaded, None, [block]) = (policy, &self.weights, &*self.blocks) {
-            return self.least_loaded_in_one_block(block, cost, eligible, r, stripe);
+        match (policy, &self.weights, &*self.blocks) {
+            (Policy::LeastLoaded, None, [block]) => {
+                self.least_loaded_in_one_block(block, cost, eligible, r, stripe)
+            }
+            (Policy::PowerOfTwoChoices, ..) => {
+                let (gpu, seen) = self.pick_two_choices(eligible, r)?;
+                let delta = self.add_with(gpu, cost, stripe, seen).ok()?;
+                Some((gpu, delta))
+            }
+            _ => self.pick_and_add_general(policy, cost, eligible, r, stripe),
         }
-        self.pick_and_add_general(policy, cost, eligible, r, stripe)
     }
 
-    /// `pick_and_add` for every other board and policy. Out of line, so that its registers do
-    /// not crowd the one-block path's.
+    /// `pick_and_add` for weighted or larger boards picking the least loaded, and for round
+    /// robin. Out of line, so that its registers do not crowd the common paths' (inline, it cost
+    /// the one-block path about 2 ns of 21 single-threaded; out of line, `PowerOfTwoChoices`
+    /// lost 2–4 ns until it was kept inline).
     #[inline(never)]
     fn pick_and_add_general(
         &self,
