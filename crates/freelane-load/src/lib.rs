@@ -596,14 +596,14 @@ impl LoadBoard {
     #[inline]
     pub fn try_acquire(self: &Arc<Self>, gpu: GpuId, cost: u64) -> Result<LoadGuard, LoadError> {
         let delta = self.add(gpu, cost)?;
-        Ok(self.guard(gpu, delta))
+        Ok(self.guard(gpu, self.slot(gpu.index()), delta))
     }
 
-    /// The guard for `delta` just added to `gpu` (on the board).
+    /// The guard for `delta` just added to `word`, the load word of `gpu` (on the board).
     #[inline]
-    fn guard(self: &Arc<Self>, gpu: GpuId, delta: u64) -> LoadGuard {
+    fn guard(self: &Arc<Self>, gpu: GpuId, word: &AtomicU64, delta: u64) -> LoadGuard {
         LoadGuard {
-            word: NonNull::from(self.slot(gpu.index())),
+            word: NonNull::from(word),
             failures: NonNull::from(&*self.failures[gpu.index()]),
             gpu,
             delta,
@@ -648,7 +648,7 @@ impl LoadBoard {
         policy: Policy,
         cost: u64,
         eligible: &impl Fn(GpuId) -> bool,
-    ) -> Option<(GpuId, u64)> {
+    ) -> Option<(GpuId, &AtomicU64, u64)> {
         let (r, stripe) = rng::next_and_stripe();
         match (policy, &self.weights, &*self.blocks) {
             (Policy::LeastLoaded, None, [block]) => {
@@ -657,7 +657,7 @@ impl LoadBoard {
             (Policy::PowerOfTwoChoices, ..) => {
                 let (gpu, seen) = self.pick_two_choices(eligible, r)?;
                 let delta = self.add_with(gpu, cost, stripe, seen).ok()?;
-                Some((gpu, delta))
+                Some((gpu, self.slot(gpu.index()), delta))
             }
             _ => self.pick_and_add_general(policy, cost, eligible, r, stripe),
         }
@@ -675,10 +675,10 @@ impl LoadBoard {
         eligible: &impl Fn(GpuId) -> bool,
         r: u64,
         stripe: (usize, bool),
-    ) -> Option<(GpuId, u64)> {
+    ) -> Option<(GpuId, &AtomicU64, u64)> {
         let (gpu, seen) = self.pick_with(policy, eligible, r)?;
         let delta = self.add_with(gpu, cost, stripe, seen).ok()?;
-        Some((gpu, delta))
+        Some((gpu, self.slot(gpu.index()), delta))
     }
 
     /// `pick_and_add` for the common board: unweighted, one to eight GPUs (one block), least
@@ -688,14 +688,14 @@ impl LoadBoard {
     /// 25 single-threaded, where a hand-written version of the same features ran as fast as a
     /// bare scan.)
     #[inline]
-    fn least_loaded_in_one_block(
+    fn least_loaded_in_one_block<'a>(
         &self,
-        block: &[AtomicU64; WORDS_PER_BLOCK],
+        block: &'a [AtomicU64; WORDS_PER_BLOCK],
         cost: u64,
         eligible: &impl Fn(GpuId) -> bool,
         r: u64,
         stripe: (usize, bool),
-    ) -> Option<(GpuId, u64)> {
+    ) -> Option<(GpuId, &'a AtomicU64, u64)> {
         // As in `pick_least_loaded`, with one block: `mask` below `n` (0 when `n` is 1).
         let mask = rng::below(r, self.gpus);
         let best = least_key(block, 0, self.gpus, eligible, RANK_MASK ^ mask as u64);
@@ -707,8 +707,9 @@ impl LoadBoard {
         let gpu = GpuId(g as u32);
         // One block: row `row` of the statistics is block `row`.
         let alloc = &self.allocations[stripe.0][g];
-        let delta = add_to(&block[g], alloc, stripe.1, gpu, cost, best & !RANK_MASK).ok()?;
-        Some((gpu, delta))
+        let word = &block[g];
+        let delta = add_to(word, alloc, stripe.1, gpu, cost, best & !RANK_MASK).ok()?;
+        Some((gpu, word, delta))
     }
 
     /// Picks like [`pick`](Self::pick) and immediately acquires `cost` on the chosen GPU, so
@@ -722,8 +723,8 @@ impl LoadBoard {
         cost: u64,
         eligible: impl Fn(GpuId) -> bool,
     ) -> Option<LoadGuard> {
-        let (gpu, delta) = self.pick_and_add(policy, cost, &eligible)?;
-        Some(self.guard(gpu, delta))
+        let (gpu, word, delta) = self.pick_and_add(policy, cost, &eligible)?;
+        Some(self.guard(gpu, word, delta))
     }
 
     /// Like [`try_acquire`](Self::try_acquire) but returns a guard that borrows the board
@@ -739,6 +740,7 @@ impl LoadBoard {
         let delta = self.add(gpu, cost)?;
         Ok(LocalLoadGuard {
             board: self,
+            word: self.slot(gpu.index()),
             gpu,
             delta,
         })
@@ -753,9 +755,10 @@ impl LoadBoard {
         cost: u64,
         eligible: impl Fn(GpuId) -> bool,
     ) -> Option<LocalLoadGuard<'_>> {
-        let (gpu, delta) = self.pick_and_add(policy, cost, &eligible)?;
+        let (gpu, word, delta) = self.pick_and_add(policy, cost, &eligible)?;
         Some(LocalLoadGuard {
             board: self,
+            word,
             gpu,
             delta,
         })
@@ -797,8 +800,8 @@ impl LoadBoard {
         add_to(slot, alloc, own, gpu, cost, seen)
     }
 
-    /// Removes a delta added by `add`.
-    #[inline]
+    /// Removes a delta added by `add` (the tests' stand-in for a guard).
+    #[cfg(test)]
     fn remove(&self, gpu: GpuId, delta: u64) {
         // Removes exactly the delta the matching `add` added (Release: see `release`).
         release(self.slot(gpu.index()), delta);
@@ -1285,6 +1288,8 @@ impl Drop for LoadBoard {
 #[must_use = "dropping a LocalLoadGuard immediately releases the load it reserved"]
 pub struct LocalLoadGuard<'a> {
     board: &'a LoadBoard,
+    /// `gpu`'s load word on `board`, kept so that the release need not look it up again.
+    word: &'a AtomicU64,
     gpu: GpuId,
     delta: u64,
 }
@@ -1321,7 +1326,8 @@ impl fmt::Debug for LocalLoadGuard<'_> {
 impl Drop for LocalLoadGuard<'_> {
     #[inline]
     fn drop(&mut self) {
-        self.board.remove(self.gpu, self.delta);
+        // Removes exactly the delta the matching add added (Release: see `release`).
+        release(self.word, self.delta);
     }
 }
 
