@@ -73,9 +73,10 @@ impl fmt::Display for GpuState {
 
 /// One GPU's health record, as stored in its [`SeqLock`] (72 bytes, plain old data).
 ///
-/// Times are nanoseconds since the table's [epoch](HealthTable::epoch).
+/// Times are nanoseconds since the table's [epoch](HealthTable::epoch). Two records are equal
+/// when their bytes are (so a record whose temperature is unknown, NaN, equals itself).
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Pod, Zeroable)]
+#[derive(Debug, Clone, Copy, Pod, Zeroable)]
 pub struct GpuRecord {
     /// Time of the last heartbeat (0 = the epoch; the table counts a GPU as having beaten at
     /// creation).
@@ -105,6 +106,16 @@ pub struct GpuRecord {
     /// Number of state changes so far (wraps).
     pub state_changes: u32,
 }
+
+impl PartialEq for GpuRecord {
+    /// Bitwise: a derived comparison would make every record with an unknown (NaN)
+    /// temperature differ from itself.
+    fn eq(&self, other: &Self) -> bool {
+        bytemuck::bytes_of(self) == bytemuck::bytes_of(other)
+    }
+}
+
+impl Eq for GpuRecord {}
 
 impl GpuRecord {
     /// The record of a GPU at table creation: Healthy, heartbeat at the epoch.
@@ -573,7 +584,8 @@ impl HealthTable {
         self.apply(gpu, Event::Forced)
     }
 
-    /// Updates the resource readings of `gpu` (no state change).
+    /// Updates the resource readings of `gpu` (no state change). A NaN temperature reads as
+    /// unknown, as `None` does.
     pub fn report_resources(
         &self,
         gpu: GpuId,
@@ -582,7 +594,9 @@ impl HealthTable {
     ) -> Result<(), HealthError> {
         self.slot(gpu)?.record.update(|rec| {
             rec.memory_used_bytes = memory_used_bytes;
-            rec.temperature_c = temperature_c.unwrap_or(f32::NAN);
+            // Any NaN reads as unknown; store the one NaN `initial` uses, so that equal
+            // readings give equal records.
+            rec.temperature_c = temperature_c.filter(|t| !t.is_nan()).unwrap_or(f32::NAN);
         });
         Ok(())
     }

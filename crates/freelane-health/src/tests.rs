@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::{Cause, GpuId, GpuState, HealthConfig, HealthError, HealthTable};
+use crate::{Cause, GpuId, GpuRecord, GpuState, HealthConfig, HealthError, HealthTable};
 
 const G0: GpuId = GpuId(0);
 
@@ -258,6 +258,25 @@ fn resources_are_recorded_without_state_change() {
     );
     assert_eq!(r.state(), GpuState::Healthy);
     assert_eq!(t.transitions(G0).unwrap().total(), 0);
+}
+
+#[test]
+fn records_with_an_unknown_temperature_compare_equal() {
+    // A derived `PartialEq` made every record with a NaN (unknown) temperature differ from
+    // itself, so "has the record changed?" always said yes.
+    let (t, _) = table(1);
+    let before = t.record(G0).unwrap();
+    assert_eq!(before, GpuRecord::initial());
+    assert_eq!(before, t.record(G0).unwrap());
+    // Any NaN reading is stored as the one "unknown" NaN: the same record as `None` gives.
+    t.report_resources(G0, 5, None).unwrap();
+    let none = t.record(G0).unwrap();
+    t.report_resources(G0, 5, Some(f32::from_bits(0xFFC0_0001)))
+        .unwrap();
+    assert_eq!(t.record(G0).unwrap(), none);
+    assert_eq!(none.temperature(), None);
+    t.report_resources(G0, 5, Some(40.0)).unwrap();
+    assert_ne!(t.record(G0).unwrap(), none);
 }
 
 #[test]
