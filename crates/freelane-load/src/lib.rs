@@ -122,8 +122,9 @@
 //!
 //! **Randomness.** `PowerOfTwoChoices` and tie-breaking use a thread-local wyrand generator (a
 //! Weyl sequence mixed by one 64 x 64 -> 128-bit multiply) seeded on first use from `std`'s
-//! `RandomState`: no shared RNG state. The thread-local has no destructor, so it is read without
-//! a liveness check and works from other thread-locals' destructors too. An unweighted
+//! `RandomState`: no shared RNG state. The thread-local has no destructor, so (with native
+//! thread-locals, as on Linux, macOS and Windows MSVC) it is read without a liveness check and
+//! works from other thread-locals' destructors too. An unweighted
 //! `LeastLoaded` pick breaks ties by XOR-ing the GPU indices with a uniformly random GPU index
 //! (a permutation per call: a full tie goes to a uniformly random GPU, and every GPU of a partial
 //! tie can win); weighted picks break ties by a random rotation. Under loom the generator is a `loom::thread_local!` with a fixed seed, so models
@@ -704,6 +705,7 @@ impl LoadBoard {
         }
         // Below `n`, at most 8: the modulo (an AND) only spares the bounds checks.
         let g = ((best & RANK_MASK) as usize ^ mask) % WORDS_PER_BLOCK;
+        debug_assert!(g < self.gpus, "the winner {g} is not on the board");
         let gpu = GpuId(g as u32);
         // One block: row `row` of the statistics is block `row`.
         let alloc = &self.allocations[stripe.0][g];
@@ -1332,7 +1334,8 @@ impl Drop for LocalLoadGuard<'_> {
 }
 
 /// The thread-local wyrand generator (no shared RNG state) and the thread's statistics stripe,
-/// kept in one thread-local so that a pick-and-acquire reads it once.
+/// kept in one thread-local so that a pick-and-acquire reads it once. (Under loom: a
+/// deterministic xorshift64* per thread and one shared row.)
 mod rng {
     use std::cell::Cell;
 
@@ -1346,9 +1349,11 @@ mod rng {
         row: Cell<usize>,
     }
 
-    // No destructor: a thread-local without one is a plain thread-local static, read with no
-    // liveness check (the row's hand-back lives in `ROW_OWNER`, touched only when claiming), and
-    // usable even from other thread-locals' destructors.
+    // No destructor: with native thread-locals (Linux, macOS, Windows MSVC, ...) one without is
+    // a plain thread-local static, read with no liveness check and usable even from other
+    // thread-locals' destructors (the row's hand-back lives in `ROW_OWNER`, touched only when
+    // claiming). Where thread-locals are OS keys, `LOCAL` may be recreated after thread exit
+    // began; `claim_row` copes.
     #[cfg(not(freelane_loom))]
     std::thread_local! {
         static LOCAL: Local = const {
@@ -1417,18 +1422,23 @@ mod rng {
         }
     }
 
-    /// Hands this thread's owned row back when the thread exits. Registered (by the first
-    /// access to `ROW_OWNER`) before a row is claimed, so every owned row has one.
+    /// The owned row this thread claimed (`usize::MAX` for none), handed back when the thread
+    /// exits. Its destructor is registered (by the first access) before the claim, so every
+    /// owned row has one; it keeps the row itself, so the hand-back does not depend on `LOCAL`
+    /// still holding it.
     #[cfg(not(freelane_loom))]
-    struct RowOwner;
+    struct RowOwner(Cell<usize>);
 
     #[cfg(not(freelane_loom))]
     impl Drop for RowOwner {
         fn drop(&mut self) {
-            // Later counts on this thread (from other thread-locals' destructors) go to a
-            // shared row with RMWs.
-            let r = LOCAL.with(|l| l.row.replace(super::STRIPES - 1));
+            let r = self.0.get();
             if r < super::OWNED_ROWS {
+                // Later counts on this thread (from other thread-locals' destructors) go to a
+                // shared row with RMWs. (Where thread-locals are OS keys rather than native
+                // TLS, `LOCAL` may be gone already; then a later use starts a fresh one, whose
+                // claim finds `ROW_OWNER` gone and takes a shared row.)
+                let _ = LOCAL.try_with(|l| l.row.set(super::STRIPES - 1));
                 // Release: this thread's last stores to the row's counters happen-before the
                 // next owner's Acquire claim, so its loads start from our final counts.
                 FREE_ROWS.fetch_or(1 << r, std::sync::atomic::Ordering::Release);
@@ -1438,7 +1448,7 @@ mod rng {
 
     #[cfg(not(freelane_loom))]
     std::thread_local! {
-        static ROW_OWNER: RowOwner = const { RowOwner };
+        static ROW_OWNER: RowOwner = const { RowOwner(Cell::new(usize::MAX)) };
     }
 
     /// Bit `r` set: owned row `r` is free.
@@ -1454,14 +1464,20 @@ mod rng {
     #[cfg(not(freelane_loom))]
     static NEXT_SHARED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-    /// Claims a free owned row, or picks a shared one (also when this thread's thread-locals
-    /// are being destroyed, so that no owned row goes unreturned).
+    /// Claims a free owned row (recorded in `ROW_OWNER`, which hands it back at thread exit),
+    /// or picks a shared one when none is free or `ROW_OWNER` is already destroyed (its
+    /// destructor has run, so nothing would hand a row back).
     #[cfg(not(freelane_loom))]
     #[cold]
     fn claim_row() -> usize {
         use std::sync::atomic::Ordering;
-        // Registers `RowOwner`'s destructor; fails only once it has run (or is running).
-        if ROW_OWNER.try_with(|_| ()).is_ok() {
+        // The first access registers `RowOwner`'s destructor, before any row is claimed.
+        let owned = ROW_OWNER.try_with(|owner| {
+            if owner.0.get() < super::OWNED_ROWS {
+                // Already claimed (a second first use: `LOCAL` was recreated where
+                // thread-locals are OS keys): keep the one row.
+                return Some(owner.0.get());
+            }
             // Relaxed: a first guess for the CAS, which validates it.
             let mut free = FREE_ROWS.load(Ordering::Relaxed);
             while free != 0 {
@@ -1475,10 +1491,17 @@ mod rng {
                     Ordering::Acquire,
                     Ordering::Relaxed,
                 ) {
-                    Ok(_) => return r as usize,
+                    Ok(_) => {
+                        owner.0.set(r as usize);
+                        return Some(r as usize);
+                    }
                     Err(now) => free = now,
                 }
             }
+            None
+        });
+        if let Ok(Some(r)) = owned {
+            return r;
         }
         // Relaxed: only spreads threads over the shared rows; any row is correct.
         super::OWNED_ROWS
@@ -1526,7 +1549,8 @@ mod rng {
     /// is this thread's alone. A thread claims a free owned row on first use and hands it back
     /// when it exits (so a pool that replaces its threads keeps owning rows); a row has at most
     /// one live owner, its only writer. Threads that find no owned row free, or count after
-    /// their thread-locals began to be destroyed, use a shared row with RMWs.
+    /// their row was handed back (from a thread-local destructor that runs later), use a shared
+    /// row with RMWs.
     #[inline]
     pub(crate) fn stripe() -> (usize, bool) {
         #[cfg(not(freelane_loom))]
@@ -1908,19 +1932,29 @@ mod tests {
                 b.slot(g).store(preset, Ordering::Relaxed);
             }
             let stop = Arc::new(AtomicBool::new(false));
+            let started = Arc::new(AtomicBool::new(false));
             let doomed = {
-                let (b, stop) = (Arc::clone(&b), Arc::clone(&stop));
+                let (b, stop, started) = (Arc::clone(&b), Arc::clone(&stop), Arc::clone(&started));
                 std::thread::spawn(move || {
                     let mut tries = 0u64;
-                    // Relaxed: a flag; the join synchronizes.
-                    while !stop.load(Ordering::Relaxed) {
+                    loop {
                         assert!(b.try_acquire(GpuId(0), 10).is_err());
                         assert!(b.pick_and_acquire_local(policy, 10, |_| true).is_none());
                         tries += 2;
+                        // Relaxed (both): flags; the join synchronizes the result.
+                        started.store(true, Ordering::Relaxed);
+                        if stop.load(Ordering::Relaxed) {
+                            return tries;
+                        }
                     }
-                    tries
                 })
             };
+            // Ask only once the refusing thread runs (on a busy machine it may not be
+            // scheduled at all during the asks otherwise).
+            // Relaxed: a start signal only.
+            while !started.load(Ordering::Relaxed) {
+                std::thread::yield_now();
+            }
             let asks = if cfg!(miri) { 100 } else { 200_000 };
             let mut refused = 0u64;
             for i in 0..asks {
@@ -2216,6 +2250,11 @@ mod tests {
         let s = b.stats(GpuId(1)).unwrap();
         assert_eq!((s.allocations, s.releases, s.failures), (1, 1, 1));
         assert!(b.try_acquire_local(GpuId(2), 0).is_err());
+        // A directly acquired borrowed guard releases its own GPU's word.
+        let g = b.try_acquire_local(GpuId(1), 5).unwrap();
+        assert_eq!((b.load(GpuId(0)), b.load(GpuId(1))), (0, 6));
+        drop(g);
+        assert_eq!((b.load(GpuId(0)), b.load(GpuId(1))), (0, 0));
     }
 
     #[test]

@@ -127,12 +127,19 @@ fn allocation_counts_stay_exact_with_more_threads_than_rows() {
     let board = Arc::new(LoadBoard::new(3));
     let start = Arc::new(Barrier::new(MANY));
     let handles: Vec<_> = (0..MANY)
-        .map(|_| {
+        .map(|t| {
             let (board, start) = (Arc::clone(&board), Arc::clone(&start));
             thread::spawn(move || {
                 start.wait();
                 for _ in 0..EACH {
-                    drop(board.acquire(GpuId(1), 1));
+                    // Half the threads go through the one-block pick-and-acquire path, which
+                    // counts on its own (owned or shared rows alike).
+                    if t % 2 == 0 {
+                        drop(board.acquire(GpuId(1), 1));
+                    } else {
+                        let g = board.pick_and_acquire(Policy::LeastLoaded, 1, |g| g == GpuId(1));
+                        assert_eq!(g.map(|g| g.gpu()), Some(GpuId(1)));
+                    }
                     // The total never exceeds what has been started so far.
                     assert!(board.stats(GpuId(1)).unwrap().allocations <= MANY as u64 * EACH);
                 }
@@ -175,4 +182,58 @@ fn allocation_counts_stay_exact_while_threads_come_and_go() {
     let s = board.stats(GpuId(0)).unwrap();
     assert_eq!(s.allocations, (ROUNDS * 3) as u64 * EACH);
     assert_eq!(s.in_flight, 0);
+}
+
+/// With every owned statistics row held by a parked thread, routers count on the shared rows
+/// (several threads per row, RMWs), here through the one-block pick-and-acquire path: the counts
+/// stay exact. (Counting there with a plain load and store, as on an owned row, lost updates.)
+#[test]
+fn shared_rows_stay_exact_on_the_pick_path() {
+    const HOLDERS: usize = 12; // at least the number of owned rows
+    const HAMMERS: usize = 8; // two per shared row
+    const EACH: u64 = if cfg!(miri) { 20 } else { 250_000 };
+    let board = Arc::new(LoadBoard::new(4));
+    let claimed = Arc::new(Barrier::new(HOLDERS + 1));
+    let release = Arc::new(Barrier::new(HOLDERS + 1));
+    let holders: Vec<_> = (0..HOLDERS)
+        .map(|_| {
+            let (board, claimed, release) = (
+                Arc::clone(&board),
+                Arc::clone(&claimed),
+                Arc::clone(&release),
+            );
+            thread::spawn(move || {
+                drop(board.acquire(GpuId(3), 0)); // claims an owned row if one is free
+                claimed.wait();
+                release.wait();
+            })
+        })
+        .collect();
+    claimed.wait();
+    let start = Arc::new(Barrier::new(HAMMERS));
+    let hammers: Vec<_> = (0..HAMMERS)
+        .map(|_| {
+            let (board, start) = (Arc::clone(&board), Arc::clone(&start));
+            thread::spawn(move || {
+                start.wait();
+                for _ in 0..EACH {
+                    let g = board.pick_and_acquire(Policy::LeastLoaded, 0, |g| g != GpuId(3));
+                    assert!(g.is_some_and(|g| g.gpu() != GpuId(3)));
+                }
+            })
+        })
+        .collect();
+    for h in hammers {
+        h.join().unwrap();
+    }
+    release.wait();
+    for h in holders {
+        h.join().unwrap();
+    }
+    let allocations: u64 = (0..3)
+        .map(|g| board.stats(GpuId(g)).unwrap().allocations)
+        .sum();
+    assert_eq!(allocations, HAMMERS as u64 * EACH);
+    assert_eq!(board.stats(GpuId(3)).unwrap().allocations, HOLDERS as u64);
+    assert!((0..4).all(|g| board.in_flight(GpuId(g)) == 0));
 }
