@@ -241,3 +241,62 @@ fn racing_acquires_for_the_last_unit_admit_exactly_one() {
         outcome
     });
 }
+
+/// The refused-`fetch_add` path: one router picks the only GPU while it is idle (far below the
+/// limits, so its acquire takes the `fetch_add`), another fills it at once (a cost of
+/// `MAX_COST`, always the compare-and-swap). When the fill lands between the first router's
+/// reading and its `fetch_add`, that add is refused, taken back, and the compare-and-swap second
+/// look refuses too. In every interleaving exactly one router is admitted, a watcher sees at most
+/// one refused add's excess (one request, one unit of load), and everything returns to zero;
+/// the interleaving where the watcher catches the refused add is reached.
+#[test]
+fn a_fetch_add_from_a_stale_reading_is_refused_and_taken_back() {
+    use freelane_load::{LoadError, MAX_COST, MAX_LOAD};
+    let outcomes = &["small", "big", "big, refused add seen"];
+    run_model_outcomes("load::stale_fetch_add", outcomes, || {
+        let board = Arc::new(LoadBoard::new(1));
+        let small = {
+            let b = Arc::clone(&board);
+            thread::spawn(move || b.pick_and_acquire(Policy::LeastLoaded, 0, |_| true))
+        };
+        let big = {
+            let b = Arc::clone(&board);
+            thread::spawn(move || match b.try_acquire(GpuId(0), MAX_COST) {
+                Ok(g) => Some(g),
+                Err(LoadError::Overflow { .. }) => None,
+                Err(e) => panic!("unexpected error {e}"),
+            })
+        };
+        let watcher = {
+            let b = Arc::clone(&board);
+            thread::spawn(move || {
+                let (in_flight, load) = (b.in_flight(GpuId(0)), b.load(GpuId(0)));
+                assert!(in_flight <= 2, "in flight {in_flight}");
+                assert!(load <= MAX_LOAD + 1, "load {load}");
+                // Two in flight with one admitted at most: a refused add not yet taken back.
+                in_flight == 2
+            })
+        };
+        let (small, big) = (small.join().unwrap(), big.join().unwrap());
+        let refused_add_seen = watcher.join().unwrap();
+        assert_eq!(
+            usize::from(small.is_some()) + usize::from(big.is_some()),
+            1,
+            "exactly one router fits"
+        );
+        let outcome = match (&big, refused_add_seen) {
+            (None, false) => "small",
+            (None, true) => panic!("a refused add seen although the small router was admitted"),
+            (Some(_), false) => "big",
+            (Some(_), true) => "big, refused add seen",
+        };
+        assert_eq!(
+            board.load(GpuId(0)),
+            if big.is_some() { MAX_LOAD } else { 1 }
+        );
+        drop((small, big));
+        assert_eq!((board.in_flight(GpuId(0)), board.load(GpuId(0))), (0, 0));
+        assert_eq!(board.stats(GpuId(0)).unwrap().allocations, 1);
+        outcome
+    });
+}
