@@ -247,8 +247,9 @@ fn racing_acquires_for_the_last_unit_admit_exactly_one() {
 /// `MAX_COST`, always the compare-and-swap). When the fill lands between the first router's
 /// reading and its `fetch_add`, that add is refused, taken back, and the compare-and-swap second
 /// look refuses too. In every interleaving exactly one router is admitted, a watcher sees at most
-/// one refused add's excess (one request, one unit of load), and everything returns to zero;
-/// the interleaving where the watcher catches the refused add is reached.
+/// one refused add's excess (one request, one unit of load) and never more allocations than
+/// admitted acquires (a refused one is not counted), and everything returns to zero; the
+/// interleaving where the watcher catches the refused add is reached.
 #[test]
 fn a_fetch_add_from_a_stale_reading_is_refused_and_taken_back() {
     use freelane_load::{LoadError, MAX_COST, MAX_LOAD};
@@ -273,6 +274,9 @@ fn a_fetch_add_from_a_stale_reading_is_refused_and_taken_back() {
                 let (in_flight, load) = (b.in_flight(GpuId(0)), b.load(GpuId(0)));
                 assert!(in_flight <= 2, "in flight {in_flight}");
                 assert!(load <= MAX_LOAD + 1, "load {load}");
+                // Allocations are counted only once admitted: never the refused one.
+                let allocations = b.stats(GpuId(0)).unwrap().allocations;
+                assert!(allocations <= 1, "allocations {allocations}");
                 // Two in flight with one admitted at most: a refused add not yet taken back.
                 in_flight == 2
             })

@@ -40,8 +40,8 @@
 //!   `pick_and_acquire` reserves immediately, and why `PowerOfTwoChoices` exists (robust to
 //!   stale load information where "always the least loaded" herds).
 //! - **Statistics** (`allocations`, `releases`, `failures`, success rate) are counters read
-//!   without locks, monotonic except for an instant while an acquire is refused (its
-//!   allocation is counted first and taken back). `allocations` and
+//!   without locks, monotonic (an allocation is counted once its add has succeeded, so a
+//!   refused acquire never shows in them). `allocations` and
 //!   `failures` are exact; `releases` is derived as `allocations - in_flight` and is exact when
 //!   no acquire or release is concurrent with the read (otherwise it may be off by the number of
 //!   concurrent operations).
@@ -966,10 +966,11 @@ fn add_to(
     let cost = cost.min(MAX_COST);
     // One in flight, and its load unit plus its cost on the score.
     let delta = ((1 + cost) << LOAD_SHIFT) | 1;
-    // Count the allocation first, on this thread's own line, so that the shared load word's
-    // add and the guard's subtract are not separated by another RMW (on 2 threads that gap let
-    // the other router take the line in between). An overflow undoes it below.
-    count(alloc, own, 1);
+    // The allocation is counted after the add succeeds, so the statistic never counts a refused
+    // acquire, and the store (on this thread's own row) does not delay the locked add: on x86
+    // a locked instruction waits for every older store to drain, and this one's address is
+    // known only once the pick is decided (counted first, it measured about 1 ns of 24
+    // single-threaded; docs/BENCHMARKS.md, "load").
     if cost <= FAA_MAX_COST && far_from_the_limits(seen) {
         // The common case, far below the limits: add first, check after. One `lock xadd`
         // that cannot fail; a compare-and-swap (the word read first, then the CAS) measured
@@ -978,6 +979,7 @@ fn add_to(
         // atomicity (one modification order per word), which every ordering gives.
         let old = slot.fetch_add(delta, Ordering::Relaxed);
         if fits(old, cost) {
+            count(alloc, own);
             return Ok(delta);
         }
         // Refused (the reading was stale: millions of acquires, or a large cost, landed
@@ -1000,11 +1002,13 @@ fn add_to(
     while fits(cur, cost) {
         // Relaxed (both): as for the `fetch_add` above.
         match slot.compare_exchange_weak(cur, cur + delta, Ordering::Relaxed, Ordering::Relaxed) {
-            Ok(_) => return Ok(delta),
+            Ok(_) => {
+                count(alloc, own);
+                return Ok(delta);
+            }
             Err(now) => cur = now,
         }
     }
-    count(alloc, own, u64::MAX); // undo the statistic above (adds -1)
     Err(LoadError::Overflow { gpu })
 }
 
@@ -1050,23 +1054,23 @@ fn least_key(
     }
 }
 
-/// Adds `delta` (wrapping; `u64::MAX` is -1) to an allocation counter of this thread's row.
-/// `own`: the row is this thread's alone (see `rng::stripe`), so a load and a store are exact
-/// and skip the locked instruction, which measured about a fifth of a single-threaded pick +
-/// acquire + release; a shared row takes an RMW.
+/// Counts one allocation on a counter of this thread's row. `own`: the row is this thread's
+/// alone (see `rng::stripe`), so a load and a store are exact and skip the locked instruction,
+/// which measured about a fifth of a single-threaded pick + acquire + release; a shared row
+/// takes an RMW.
 #[inline]
-fn count(counter: &AtomicU64, own: bool, delta: u64) {
+fn count(counter: &AtomicU64, own: bool) {
     if own {
         // Relaxed (both): no other thread writes this row (readers only sum it), so the load
         // sees our own last store and the store cannot lose another writer's update; the
         // counter publishes no other data.
         counter.store(
-            counter.load(Ordering::Relaxed).wrapping_add(delta),
+            counter.load(Ordering::Relaxed).wrapping_add(1),
             Ordering::Relaxed,
         );
     } else {
         // Relaxed: exact by RMW atomicity among the threads sharing the row; no other data.
-        counter.fetch_add(delta, Ordering::Relaxed);
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 }
 
