@@ -1688,6 +1688,34 @@ mod tests {
         b.slot(0).store(0, Ordering::Relaxed);
     }
 
+    #[test]
+    fn a_refused_fetch_add_is_never_counted_as_an_allocation() {
+        // The hook runs after the refused add was taken back and before the second look, which
+        // refuses too (the GPU is full, at `MAX_LOAD`): the allocation count must read 0 there
+        // and after.
+        static BOARD: std::sync::LazyLock<LoadBoard> =
+            std::sync::LazyLock::new(|| LoadBoard::new(1));
+        std::thread_local! {
+            static SEEN: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+        }
+        BOARD.slot(0).store(pack(1, MAX_COST), Ordering::Relaxed);
+        AFTER_REFUSED.with(|h| {
+            h.set(Some(|_| {
+                let allocations = BOARD.stats(GpuId(0)).unwrap().allocations;
+                SEEN.with(|s| s.set(Some(allocations)));
+            }))
+        });
+        let refused = BOARD.add_with(GpuId(0), 0, rng::stripe(), Some(0));
+        AFTER_REFUSED.with(|h| h.set(None));
+        assert!(
+            matches!(refused, Err(LoadError::Overflow { .. })),
+            "{refused:?}"
+        );
+        assert_eq!(SEEN.with(|s| s.get()), Some(0), "counted while refused");
+        assert_eq!(BOARD.stats(GpuId(0)).unwrap().allocations, 0);
+        BOARD.slot(0).store(0, Ordering::Relaxed);
+    }
+
     /// A packed load word (test presets).
     fn pack(in_flight: u64, cost: u64) -> u64 {
         assert!(in_flight <= MAX_IN_FLIGHT && in_flight + cost <= MAX_LOAD);
