@@ -120,15 +120,25 @@
 //! compare-and-swap-only design of 2026-12-02 fixed that but measured 0.6–0.96x this design's
 //! throughput with 2–8 routers, and a load of the word just before the `fetch_add` 0.72–0.79x.)
 //!
-//! **Randomness.** `PowerOfTwoChoices` and tie-breaking use a thread-local wyrand generator (a
-//! Weyl sequence mixed by one 64 x 64 -> 128-bit multiply) seeded on first use from `std`'s
-//! `RandomState`: no shared RNG state. The thread-local has no destructor, so (with native
-//! thread-locals, as on Linux, macOS and Windows MSVC) it is read without a liveness check and
-//! works from other thread-locals' destructors too. An unweighted
-//! `LeastLoaded` pick breaks ties by XOR-ing the GPU indices with a uniformly random GPU index
-//! (a permutation per call: a full tie goes to a uniformly random GPU, and every GPU of a partial
-//! tie can win); weighted picks break ties by a random rotation. Under loom the generator is a `loom::thread_local!` with a fixed seed, so models
-//! stay deterministic.
+//! **Randomness.** Each thread keeps a Weyl sequence (its state advances by a fixed odd
+//! constant per call) seeded on first use from `std`'s `RandomState`: no shared RNG state.
+//! `PowerOfTwoChoices` mixes each value into wyrand's output (one 64 x 64 -> 128-bit
+//! multiply), so its two choices look independent from call to call. A `LeastLoaded` tie-break
+//! needs only that every GPU gets its share, and uses the value as it is: the values of a Weyl
+//! sequence are equidistributed (successive ones are correlated: on an idle board of eight, one
+//! thread's successive picks step through the GPUs about five apart, like a round robin with a
+//! stride), and it keeps the multiply off the pick's critical path, where it cost about 2 ns
+//! of 23 per single-threaded pick + acquire + release. Threads start at independent random
+//! points: two routers breaking full ties at the same moment pick the same GPU 1/n of the time
+//! on average, as with independent draws, but for a given pair of threads that share is set by
+//! how far apart their starting points are. The thread-local has no destructor,
+//! so (with native thread-locals, as on Linux, macOS and Windows MSVC) it is read without a
+//! liveness check and works from other thread-locals' destructors too. An unweighted
+//! `LeastLoaded` pick breaks ties by XOR-ing the GPU indices with a GPU index drawn from that
+//! value (a permutation per call: a full tie goes to that GPU, so each wins an equal share of
+//! full ties, and every GPU of a partial tie can win); weighted picks break ties by a rotation
+//! by it. Under loom the generator is a `loom::thread_local!` xorshift64* with a fixed seed, so
+//! models stay deterministic.
 //!
 //! **Guards and the board's lifetime.** A [`LoadGuard`] is `'static` but holds no `Arc` of the
 //! board (its reference count would be two contended RMWs per request): it points at its GPU's
@@ -619,29 +629,30 @@ impl LoadBoard {
         match policy {
             Policy::RoundRobin => self.pick_round_robin(&eligible),
             _ => self
-                .pick_with(policy, &eligible, rng::next())
+                .pick_with(policy, &eligible, rng::weyl())
                 .map(|(g, _)| g),
         }
     }
 
-    /// `pick` with the random bits `r` for the tie-break or the two choices; also returns the
-    /// bitwise OR of the load words the pick read, the chosen GPU's among them (`None` if it
-    /// read none), for [`add_with`](Self::add_with)'s choice of path.
+    /// `pick` with `x`, this thread's next Weyl value (`rng::weyl`): the tie-break takes it
+    /// as it is, the two choices mixed. Also returns the bitwise OR of the load words the pick
+    /// read, the chosen GPU's among them (`None` if it read none), for
+    /// [`add_with`](Self::add_with)'s choice of path.
     #[inline]
     fn pick_with(
         &self,
         policy: Policy,
         eligible: &impl Fn(GpuId) -> bool,
-        r: u64,
+        x: u64,
     ) -> Option<(GpuId, Option<u64>)> {
         match policy {
-            Policy::LeastLoaded => self.pick_least_loaded(eligible, r),
-            Policy::PowerOfTwoChoices => self.pick_two_choices(eligible, r),
+            Policy::LeastLoaded => self.pick_least_loaded(eligible, x),
+            Policy::PowerOfTwoChoices => self.pick_two_choices(eligible, rng::mix(x)),
             Policy::RoundRobin => self.pick_round_robin(eligible).map(|g| (g, None)),
         }
     }
 
-    /// Picks and adds `cost` in one go, reading this thread's local state (random bits and
+    /// Picks and adds `cost` in one go, reading this thread's local state (Weyl value and
     /// statistics row) once for both.
     #[inline]
     fn pick_and_add(
@@ -650,17 +661,17 @@ impl LoadBoard {
         cost: u64,
         eligible: &impl Fn(GpuId) -> bool,
     ) -> Option<(GpuId, &AtomicU64, u64)> {
-        let (r, stripe) = rng::next_and_stripe();
+        let (x, stripe) = rng::weyl_and_stripe();
         match (policy, &self.weights, &*self.blocks) {
             (Policy::LeastLoaded, None, [block]) => {
-                self.least_loaded_in_one_block(block, cost, eligible, r, stripe)
+                self.least_loaded_in_one_block(block, cost, eligible, x, stripe)
             }
             (Policy::PowerOfTwoChoices, ..) => {
-                let (gpu, seen) = self.pick_two_choices(eligible, r)?;
+                let (gpu, seen) = self.pick_two_choices(eligible, rng::mix(x))?;
                 let delta = self.add_with(gpu, cost, stripe, seen).ok()?;
                 Some((gpu, self.slot(gpu.index()), delta))
             }
-            _ => self.pick_and_add_general(policy, cost, eligible, r, stripe),
+            _ => self.pick_and_add_general(policy, cost, eligible, x, stripe),
         }
     }
 
@@ -674,10 +685,10 @@ impl LoadBoard {
         policy: Policy,
         cost: u64,
         eligible: &impl Fn(GpuId) -> bool,
-        r: u64,
+        x: u64,
         stripe: (usize, bool),
     ) -> Option<(GpuId, &AtomicU64, u64)> {
-        let (gpu, seen) = self.pick_with(policy, eligible, r)?;
+        let (gpu, seen) = self.pick_with(policy, eligible, x)?;
         let delta = self.add_with(gpu, cost, stripe, seen).ok()?;
         Some((gpu, self.slot(gpu.index()), delta))
     }
@@ -694,11 +705,11 @@ impl LoadBoard {
         block: &'a [AtomicU64; WORDS_PER_BLOCK],
         cost: u64,
         eligible: &impl Fn(GpuId) -> bool,
-        r: u64,
+        x: u64,
         stripe: (usize, bool),
     ) -> Option<(GpuId, &'a AtomicU64, u64)> {
         // As in `pick_least_loaded`, with one block: `mask` below `n` (0 when `n` is 1).
-        let mask = rng::below(r, self.gpus);
+        let mask = rng::below(x, self.gpus);
         let best = least_key(block, 0, self.gpus, eligible, RANK_MASK ^ mask as u64);
         if best == u64::MAX {
             return None;
@@ -825,7 +836,7 @@ impl LoadBoard {
     fn pick_least_loaded(
         &self,
         eligible: &impl Fn(GpuId) -> bool,
-        r: u64,
+        x: u64,
     ) -> Option<(GpuId, Option<u64>)> {
         let n = self.gpus;
         if n == 0 {
@@ -836,11 +847,12 @@ impl LoadBoard {
             // data-dependent branches. Each eligible GPU `g` gets the key
             // `word with its low RANK_BITS replaced by (g ^ mask)` and an ineligible one
             // `u64::MAX`; the score is the word's top 40 bits, so the least key is the least
-            // load. `mask` is a uniformly random GPU index per call: XOR with it
-            // permutes the indices (below the next power of two of `n`, hence below
-            // 2^RANK_BITS), and XOR again recovers the winner. When every eligible GPU is tied
-            // (e.g. an idle board) the winner is `mask` itself, so ties are spread uniformly;
-            // among a subset of tied GPUs every one can win. (A rotation would do the same but
+            // load. `mask` is a GPU index per call, from this thread's Weyl value `x`
+            // (equidistributed over `0..n`): XOR with it permutes the indices (below the next
+            // power of two of `n`, hence below 2^RANK_BITS), and XOR again recovers the winner.
+            // When every eligible GPU is tied (e.g. an idle board) the winner is `mask`
+            // itself, so each GPU wins an equal share of full ties; among a subset of tied GPUs
+            // every one can win. (A rotation would do the same but
             // costs a select per GPU: measured 24 vs 13.5 ns per pick + acquire + release.)
             // The key takes three instructions after the load, no unpacking (that unpacking
             // measured about a tenth of a pick + acquire + release). A real key never reaches `u64::MAX`: its rank is
@@ -851,7 +863,7 @@ impl LoadBoard {
             // with 2^22 or more requests in flight lose ties, which matters to nobody. OR-ing
             // all the words instead kept them alive beside the keys: spilled registers, +1 to
             // 2.6 ns per operation.)
-            let mask = rng::below(r, n); // 0 when `n` is 1
+            let mask = rng::below(x, n); // 0 when `n` is 1
             let flip = RANK_MASK ^ mask as u64;
             let best = self
                 .blocks
@@ -868,9 +880,9 @@ impl LoadBoard {
             // The winner's word above the rank: where `far_from_the_limits` looks.
             return Some((gpu, Some(best & !RANK_MASK)));
         }
-        // A random rotation breaks ties differently per call: among equal loads the first
-        // eligible GPU at or after `start` wins.
-        let start = if n == 1 { 0 } else { rng::below(r, n) };
+        // A rotation by the Weyl value breaks ties differently per call: among equal loads the
+        // first eligible GPU at or after `start` wins.
+        let start = if n == 1 { 0 } else { rng::below(x, n) };
         let mut best: Option<(usize, u64)> = None;
         let mut seen = 0;
         for k in 0..n {
@@ -975,11 +987,15 @@ fn add_to(
         // The common case, far below the limits: add first, check after. One `lock xadd`
         // that cannot fail; a compare-and-swap (the word read first, then the CAS) measured
         // 0.6–0.96x this throughput with 2–8 routers (docs/BENCHMARKS.md, "load").
+        // The count is read before the add and stored after it: a load issued after a locked
+        // instruction waits for it to finish, and this one's latency then delayed the release
+        // (about 1 ns of 22 single-threaded; docs/BENCHMARKS.md, "load").
+        let counted = peek(alloc, own);
         // Relaxed: the packed counter publishes no data; exactness only needs the RMW's
         // atomicity (one modification order per word), which every ordering gives.
         let old = slot.fetch_add(delta, Ordering::Relaxed);
         if fits(old, cost) {
-            count(alloc, own);
+            count_from(alloc, own, counted);
             return Ok(delta);
         }
         // Refused (the reading was stale: millions of acquires, or a large cost, landed
@@ -1060,14 +1076,30 @@ fn least_key(
 /// takes an RMW.
 #[inline]
 fn count(counter: &AtomicU64, own: bool) {
+    count_from(counter, own, peek(counter, own));
+}
+
+/// The value of `counter` on this thread's own row (`own`), read ahead for
+/// [`count_from`]; 0 (unused) on a shared row.
+#[inline]
+fn peek(counter: &AtomicU64, own: bool) -> u64 {
     if own {
-        // Relaxed (both): no other thread writes this row (readers only sum it), so the load
-        // sees our own last store and the store cannot lose another writer's update; the
-        // counter publishes no other data.
-        counter.store(
-            counter.load(Ordering::Relaxed).wrapping_add(1),
-            Ordering::Relaxed,
-        );
+        // Relaxed: no other thread writes this row (readers only sum it), so this sees our
+        // own last store; the counter publishes no other data.
+        counter.load(Ordering::Relaxed)
+    } else {
+        0
+    }
+}
+
+/// [`count`] with the counter's value `peeked` earlier on this thread (by [`peek`]). Exact on
+/// an owned row because this thread is its only writer, so nothing changed it in between.
+#[inline]
+fn count_from(counter: &AtomicU64, own: bool, peeked: u64) {
+    if own {
+        // Relaxed: as in `peek`; the store cannot lose another writer's update (there is
+        // none), and the counter publishes no other data.
+        counter.store(peeked.wrapping_add(1), Ordering::Relaxed);
     } else {
         // Relaxed: exact by RMW atomicity among the threads sharing the row; no other data.
         counter.fetch_add(1, Ordering::Relaxed);
@@ -1337,16 +1369,19 @@ impl Drop for LocalLoadGuard<'_> {
     }
 }
 
-/// The thread-local wyrand generator (no shared RNG state) and the thread's statistics stripe,
-/// kept in one thread-local so that a pick-and-acquire reads it once. (Under loom: a
-/// deterministic xorshift64* per thread and one shared row.)
+/// The thread-local random source (no shared RNG state) and the thread's statistics stripe,
+/// kept in one thread-local so that a pick-and-acquire reads it once. The source is a Weyl
+/// sequence (the state advances by a fixed odd constant per call) seeded per thread: its raw
+/// values are equidistributed, which is all a least-loaded tie-break needs, and [`mix`] turns
+/// one into wyrand's well-mixed output for the two random choices. (Under loom: a deterministic
+/// xorshift64* per thread and one shared row.)
 mod rng {
     use std::cell::Cell;
 
     /// This thread's generator state and statistics row.
     #[cfg(not(freelane_loom))]
     struct Local {
-        /// 0 until seeded, then the wyrand state.
+        /// 0 until seeded, then the Weyl sequence's state.
         state: Cell<u64>,
         /// `usize::MAX` until first use, then this thread's stripe (an owned row is handed
         /// back when the thread exits, by `RowOwner`).
@@ -1371,12 +1406,15 @@ mod rng {
     #[cfg(not(freelane_loom))]
     const _: () = assert!(!std::mem::needs_drop::<Local>());
 
+    /// The Weyl sequence's increment (wyrand's; odd, so the sequence has period 2^64).
+    #[cfg(not(freelane_loom))]
+    const WEYL: u64 = 0xA076_1D64_78BD_642F;
+
     #[cfg(not(freelane_loom))]
     impl Local {
-        /// The next 64 random bits (wyrand: a Weyl sequence mixed by one 64 x 64 -> 128-bit
-        /// multiply).
+        /// The next value of this thread's Weyl sequence (seeded on first use).
         #[inline]
-        fn next(&self) -> u64 {
+        fn weyl(&self) -> u64 {
             let mut x = self.state.get();
             if x == 0 {
                 x = seed();
@@ -1384,13 +1422,14 @@ mod rng {
             self.step(x)
         }
 
-        /// A wyrand step from the (seeded) state `x`.
+        /// Returns the (seeded) state `x` and advances the sequence past it. The value is the
+        /// state as loaded, not a function of it, so a pick that uses it waits for one load
+        /// only: deriving it with wyrand's multiply put about 2 ns of 23 on
+        /// a single-threaded pick + acquire + release's critical path (docs/BENCHMARKS.md).
         #[inline]
         fn step(&self, x: u64) -> u64 {
-            let x = x.wrapping_add(0xA076_1D64_78BD_642F);
-            self.state.set(x);
-            let t = u128::from(x) * u128::from(x ^ 0xE703_7ED1_A0B4_28DB);
-            (t >> 64) as u64 ^ t as u64
+            self.state.set(x.wrapping_add(WEYL));
+            x
         }
 
         /// This thread's row and whether it owns it (see `stripe`).
@@ -1403,10 +1442,10 @@ mod rng {
             (r, r < super::OWNED_ROWS)
         }
 
-        /// `next()` and `stripe()` with one first-use check: a thread's first `stripe` also
-        /// seeds the generator.
+        /// `weyl()` and `stripe()` with one first-use check: a thread's first `stripe` also
+        /// seeds the sequence.
         #[inline]
-        fn next_and_stripe(&self) -> (u64, (usize, bool)) {
+        fn weyl_and_stripe(&self) -> (u64, (usize, bool)) {
             let mut r = self.row.get();
             if r == usize::MAX {
                 r = self.first_use();
@@ -1414,7 +1453,7 @@ mod rng {
             (self.step(self.state.get()), (r, r < super::OWNED_ROWS))
         }
 
-        /// Seeds the generator (if `next` has not) and claims a row.
+        /// Seeds the sequence (if `weyl` has not) and claims a row.
         #[cold]
         fn first_use(&self) -> usize {
             if self.state.get() == 0 {
@@ -1523,12 +1562,13 @@ mod rng {
         s | 1
     }
 
-    /// The next 64 random bits.
+    /// The next value of this thread's Weyl sequence: equidistributed, randomly seeded per
+    /// thread, but successive values are not independent (use [`mix`] for that).
     #[inline]
-    pub(crate) fn next() -> u64 {
+    pub(crate) fn weyl() -> u64 {
         #[cfg(not(freelane_loom))]
         {
-            LOCAL.with(Local::next)
+            LOCAL.with(Local::weyl)
         }
         #[cfg(freelane_loom)]
         {
@@ -1540,6 +1580,22 @@ mod rng {
                 c.set(x);
                 x.wrapping_mul(0x2545_F491_4F6C_DD1D)
             })
+        }
+    }
+
+    /// wyrand's output for the Weyl value `x` (one 64 x 64 -> 128-bit multiply): 64 bits that
+    /// look independent from call to call. (Under loom, `weyl` is already mixed.)
+    #[inline]
+    pub(crate) fn mix(x: u64) -> u64 {
+        #[cfg(not(freelane_loom))]
+        {
+            let x = x.wrapping_add(WEYL);
+            let t = u128::from(x) * u128::from(x ^ 0xE703_7ED1_A0B4_28DB);
+            (t >> 64) as u64 ^ t as u64
+        }
+        #[cfg(freelane_loom)]
+        {
+            x
         }
     }
 
@@ -1568,16 +1624,16 @@ mod rng {
         }
     }
 
-    /// `next()` and `stripe()` from one access to the thread-local.
+    /// `weyl()` and `stripe()` from one access to the thread-local.
     #[inline]
-    pub(crate) fn next_and_stripe() -> (u64, (usize, bool)) {
+    pub(crate) fn weyl_and_stripe() -> (u64, (usize, bool)) {
         #[cfg(not(freelane_loom))]
         {
-            LOCAL.with(Local::next_and_stripe)
+            LOCAL.with(Local::weyl_and_stripe)
         }
         #[cfg(freelane_loom)]
         {
-            (next(), stripe())
+            (weyl(), stripe())
         }
     }
 }
@@ -2214,22 +2270,59 @@ mod tests {
     )]
     fn least_loaded_spreads_a_full_tie_uniformly() {
         // Sizes that are not powers of two are where a naive XOR tie-break would favour the
-        // top indices (e.g. GPU 8 of 9 winning half of the ties).
-        for n in [3usize, 5, 9, 12, 17] {
-            let b = LoadBoard::new(n);
-            let picks = 2000 * n;
-            let mut seen = vec![0usize; n];
-            for _ in 0..picks {
-                seen[b.pick(Policy::LeastLoaded, |_| true).unwrap().index()] += 1;
-            }
-            let expected = picks / n;
-            for (g, &c) in seen.iter().enumerate() {
-                assert!(
-                    c > expected * 8 / 10 && c < expected * 12 / 10,
-                    "n={n}: gpu {g} won {c} of {picks} ties (expected about {expected}): {seen:?}"
-                );
+        // top indices (e.g. GPU 8 of 9 winning half of the ties). Picked alone and picked and
+        // acquired (up to eight GPUs, that takes the one-block path), and on a thread of its
+        // own each time so that every run starts from a fresh seed.
+        for n in [2usize, 3, 5, 8, 9, 12, 17] {
+            for acquire in [false, true] {
+                let seen = std::thread::spawn(move || {
+                    let b = LoadBoard::new(n);
+                    let mut seen = vec![0usize; n];
+                    for _ in 0..2000 * n {
+                        let g = if acquire {
+                            let guard = b.pick_and_acquire_local(Policy::LeastLoaded, 0, |_| true);
+                            guard.unwrap().gpu()
+                        } else {
+                            b.pick(Policy::LeastLoaded, |_| true).unwrap()
+                        };
+                        seen[g.index()] += 1;
+                    }
+                    seen
+                })
+                .join()
+                .unwrap();
+                let expected = 2000;
+                for (g, &c) in seen.iter().enumerate() {
+                    assert!(
+                        c > expected * 8 / 10 && c < expected * 12 / 10,
+                        "n={n} acquire={acquire}: gpu {g} won {c} ties (expected about \
+                         {expected}): {seen:?}"
+                    );
+                }
             }
         }
+    }
+
+    #[test]
+    fn every_thread_seeds_its_own_sequence() {
+        // The tie-break walks each thread's Weyl sequence, so routers on different threads
+        // only break ties differently if their seeds differ: check that they do (and that
+        // the first value is not the unseeded 0).
+        let firsts: Vec<u64> = (0..4)
+            .map(|_| std::thread::spawn(rng::weyl))
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect();
+        let mut distinct = firsts.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(
+            distinct.len(),
+            firsts.len(),
+            "threads share a seed: {firsts:x?}"
+        );
+        assert!(!firsts.contains(&0), "an unseeded sequence: {firsts:x?}");
     }
 
     #[test]
